@@ -1,0 +1,45 @@
+"""Network builders: ENet, ERFNet, ESPNet and ESPNet-C.
+
+>>> model = build_model("enet", num_classes=20)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Dict, List, Tuple
+
+from torch import nn
+
+from .common import SegmentationNet, count_parameters
+from .fold import fold_batchnorm
+
+# arch -> (module, builder function); imported lazily so one broken arch does not hide others.
+_BUILDERS: Dict[str, Tuple[str, str]] = {
+    "enet": ("enet", "enet"),
+    "erfnet": ("erfnet", "erfnet"),
+    "espnet": ("espnet", "espnet"),
+    "espnet_c": ("espnet", "espnet_c"),
+}
+
+
+def list_archs() -> List[str]:
+    """Architectures accepted by :func:`build_model`."""
+    return list(_BUILDERS)
+
+
+def build_model(arch: str, num_classes: int, **options) -> SegmentationNet:
+    """Build an untrained network.
+
+    Args:
+        arch: one of :func:`list_archs`.
+        num_classes: number of output classes.
+        **options: architecture options (e.g. ``p``/``q`` for ESPNet).
+    """
+    try:
+        module_name, fn_name = _BUILDERS[arch]
+    except KeyError:
+        raise ValueError("unknown arch {!r}; expected one of {}".format(arch, list_archs())) from None
+    builder: Callable[..., nn.Module] = getattr(importlib.import_module("." + module_name, __name__), fn_name)
+    return builder(num_classes, **options)
+
+
+__all__ = ["build_model", "list_archs", "fold_batchnorm", "count_parameters", "SegmentationNet"]

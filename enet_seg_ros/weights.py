@@ -1,0 +1,219 @@
+"""Weights files: safetensors tensors + a JSON model card in the safetensors metadata.
+
+A model card says everything needed to run and interpret a network without guessing:
+architecture and options, classes, palette, label mapping, input size and normalisation,
+dataset, training recipe and measured metrics. :func:`load_model` never unpickles.
+A human-readable copy of the card is written next to the weights as ``<stem>.card.json``;
+the copy inside the safetensors file is the one that is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .data.labels import LabelSpec
+
+CARD_KEY = "enet_seg_ros.card"
+CARD_FORMAT = 1
+PathLike = Union[str, os.PathLike]
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, corrupt or does not match its card."""
+
+
+@dataclass
+class Normalization:
+    """``y = (x[channel_order] - mean) / std * scale`` with ``x`` the 0..255 image."""
+
+    channel_order: str = "rgb"
+    mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: List[float] = field(default_factory=lambda: [255.0, 255.0, 255.0])
+    scale: float = 1.0
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to run a network and interpret its output."""
+
+    arch: str
+    num_classes: int
+    class_names: List[str]
+    palette: List[List[int]]
+    input_size: List[int]  # [width, height] the network was trained at
+    normalization: Normalization = field(default_factory=Normalization)
+    options: Dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    ignore_index: Optional[int] = None  # output class that means "void" (None: all real)
+    train_id_to_id: Optional[List[int]] = None  # output class -> dataset label id
+    resize_policy: str = "stretch"
+    label_upsampling: str = "nearest"  # labels resized nearest at camera size (not logits)
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    format: int = CARD_FORMAT
+
+    def validate(self) -> None:
+        """Raise :class:`WeightsError` if the card is inconsistent."""
+        if len(self.class_names) != self.num_classes:
+            raise WeightsError("card has {} class names for {} classes".format(len(self.class_names), self.num_classes))
+        if len(self.palette) != self.num_classes or any(len(c) != 3 for c in self.palette):
+            raise WeightsError("card palette must have one RGB triple per class")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise WeightsError("card input_size must be [width, height], got {}".format(self.input_size))
+        n = self.normalization
+        if n.channel_order not in ("rgb", "bgr") or len(n.mean) != 3 or len(n.std) != 3 or min(n.std) <= 0:
+            raise WeightsError("card normalization is invalid: {}".format(n))
+        if self.train_id_to_id is not None and len(self.train_id_to_id) != self.num_classes:
+            raise WeightsError("card train_id_to_id must have one entry per class")
+
+    def to_json(self) -> str:
+        """Serialise to JSON (stable key order)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        """Parse a card; unknown keys are an error (they mean a newer format)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise WeightsError("model card is not a JSON object")
+        if data.get("format", CARD_FORMAT) > CARD_FORMAT:
+            raise WeightsError("model card format {} is newer than supported {}".format(data["format"], CARD_FORMAT))
+        data["normalization"] = Normalization(**data.get("normalization", {}))
+        card = cls(**data)
+        card.validate()
+        return card
+
+    @classmethod
+    def for_dataset(cls, arch: str, spec: LabelSpec, input_size: Sequence[int], *,
+                    normalization: Optional[Normalization] = None, extra_classes: Sequence[str] = (),
+                    **kwargs: Any) -> "ModelCard":
+        """A card whose classes come from ``spec`` (plus optional trailing ``extra_classes``).
+
+        Extra classes (e.g. a void output some published checkpoints have) get a black colour
+        and become the card's ``ignore_index``.
+        """
+        names = list(spec.class_names) + list(extra_classes)
+        palette = [list(c) for c in spec.palette] + [[0, 0, 0] for _ in extra_classes]
+        mapping = None
+        if spec.train_id_to_id is not None:
+            # Extra classes map to dataset id 0 ("unlabeled" in Cityscapes).
+            mapping = list(spec.train_id_to_id) + [0 for _ in extra_classes]
+        ignore = len(spec.class_names) if extra_classes else None
+        return cls(arch=arch, num_classes=len(names), class_names=names, palette=palette,
+                   input_size=list(input_size), normalization=normalization or Normalization(),
+                   dataset=spec.dataset, ignore_index=ignore, train_id_to_id=mapping, **kwargs)
+
+
+def save_model(path: PathLike, model, card: ModelCard, write_card_json: bool = True) -> Path:
+    """Write ``model``'s state dict as safetensors with ``card`` in its metadata."""
+    from safetensors.torch import save_file
+
+    card.validate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={CARD_KEY: card.to_json()})
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written weights file
+    if write_card_json:
+        card_path = path.with_name(path.stem + ".card.json")
+        card_path.write_text(json.dumps(json.loads(card.to_json()), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_card(path: PathLike) -> ModelCard:
+    """Read only the model card of a weights file (cheap: no tensors are loaded)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError("{}: not a readable safetensors file ({})".format(path, exc)) from None
+    if CARD_KEY not in meta:
+        raise WeightsError("{}: no model card in the safetensors metadata (key {!r})".format(path, CARD_KEY))
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except (TypeError, ValueError) as exc:
+        raise WeightsError("{}: invalid model card: {}".format(path, exc)) from None
+
+
+def load_model(path: PathLike, map_location: str = "cpu"):
+    """Load weights + card; returns ``(model, card)`` with the model in eval mode.
+
+    Raises :class:`WeightsError` naming the file for a missing/corrupt file, an invalid card,
+    or tensors that do not match the card's architecture (strict key and shape matching).
+    """
+    from safetensors.torch import load_file
+
+    from .nets import build_model
+
+    card = read_card(path)
+    try:
+        state = load_file(str(path), device=map_location)
+    except Exception as exc:
+        raise WeightsError("{}: cannot read tensors ({})".format(path, exc)) from None
+    try:
+        model = build_model(card.arch, card.num_classes, **card.options)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError("{}: card arch/options do not build a model: {}".format(path, exc)) from None
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, card
+
+
+def check_state_dict(model, state: Dict[str, Any], name: str) -> None:
+    """Raise :class:`WeightsError` listing missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append("missing {} keys (e.g. {})".format(len(missing), missing[:3]))
+        if unexpected:
+            parts.append("unexpected {} keys (e.g. {})".format(len(unexpected), unexpected[:3]))
+        if wrong:
+            k = wrong[0]
+            parts.append("{} shape mismatches (e.g. {}: file {} vs model {})".format(
+                len(wrong), k, tuple(state[k].shape), tuple(expected[k].shape)))
+        raise WeightsError("{}: weights do not match the card's architecture: {}".format(name, "; ".join(parts)))
+
+
+def _existing(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("{}: weights file not found".format(path))
+    return path
+
+
+def default_weights_path() -> Path:
+    """The package's shipped default model (ENet trained on CamVid).
+
+    Looked up in the ROS share directory when ament is available, else next to the source tree.
+    """
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("enet_seg_ros")) / "models")
+    except Exception:  # not installed through colcon, or ament not available
+        pass
+    candidates.append(Path(__file__).resolve().parent.parent / "models")
+    for folder in candidates:
+        p = folder / DEFAULT_MODEL_FILE
+        if p.is_file():
+            return p
+    raise WeightsError("default model {} not found in {}".format(DEFAULT_MODEL_FILE, [str(c) for c in candidates]))
+
+
+DEFAULT_MODEL_FILE = "enet_camvid.safetensors"

@@ -1,0 +1,41 @@
+"""Shared fixtures: the ../shared data folder and an isolated ROS 2 domain per test run."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Each test run talks on its own DDS domain so parallel runs (and other sessions) never mix.
+# Must be set before any rclpy.init(); 1..101 stays inside Fast DDS' default port range.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip("shared data not present: {}".format(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repo; skips the test when absent."""
+    return _shared("")
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    """CamVid in the SegNet layout (train/, trainannot/, val/, valannot/)."""
+    return _shared("camvid")
+
+
+@pytest.fixture(scope="session")
+def espnet_reference() -> Path:
+    """Published ESPNet checkpoints and two Cityscapes frames."""
+    return _shared("espnet_reference")
