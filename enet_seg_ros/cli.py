@@ -28,8 +28,12 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every sub-command registered."""
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """Build the top-level parser.
+
+    Every sub-command is listed; only ``only``'s module is imported to add its flags (all of
+    them when ``only`` is None), so one command's optional dependencies never break another.
+    """
     parser = argparse.ArgumentParser(
         prog="enet-seg",
         description="ENet / ERFNet / ESPNet semantic segmentation: inference, training, evaluation.",
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        _load(module).add_arguments(p)
+        if only is None or only == name:
+            _load(module).add_arguments(p)
     return parser
 
 
@@ -50,8 +55,10 @@ def _load(module: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {name for name, _, _ in COMMANDS}
+    chosen = next((a for a in argv if a in names), "")
+    args = build_parser(only=chosen).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -81,6 +81,7 @@ class LabelSpec:
         categories: category name per class (Cityscapes only; empty otherwise).
         category_names: the category list, in category-id order (without ``void``).
         instance_classes: train ids of classes with instances (Cityscapes iIoU).
+        valid_ids: every value a label file may legally contain (others are data errors).
     """
 
     dataset: str
@@ -92,6 +93,7 @@ class LabelSpec:
     categories: Tuple[str, ...] = ()
     category_names: Tuple[str, ...] = ()
     instance_classes: Tuple[int, ...] = ()
+    valid_ids: Tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -132,6 +134,7 @@ def _cityscapes_spec() -> LabelSpec:
         categories=tuple(l.category for l in evaluated),
         category_names=category_names,
         instance_classes=tuple(l.train_id for l in evaluated if l.has_instances),
+        valid_ids=tuple(l.id for l in CITYSCAPES_TABLE if l.id >= 0),
     )
 
 
@@ -161,6 +164,7 @@ def _camvid_spec() -> LabelSpec:
         palette=tuple(c for _, c in CAMVID_CLASSES),
         ignore_index=CAMVID_IGNORE,
         id_to_train_id=tuple(lut),
+        valid_ids=tuple(range(len(CAMVID_CLASSES) + 1)),
     )
 
 

@@ -1,0 +1,61 @@
+"""Training augmentation and input normalisation (numpy + OpenCV, vectorised)."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import cv2
+import numpy as np
+
+
+def normalize(image: np.ndarray, channel_order: str, mean: Sequence[float], std: Sequence[float],
+              scale: float = 1.0) -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 3xHxW: ``(x[order] - mean) / std * scale``."""
+    if channel_order == "bgr":
+        image = image[..., ::-1]
+    elif channel_order != "rgb":
+        raise ValueError("channel_order must be rgb or bgr, got {!r}".format(channel_order))
+    factor = np.float32(scale) / np.asarray(std, dtype=np.float32)
+    offset = np.asarray(mean, dtype=np.float32) * factor
+    out = image.astype(np.float32) * factor - offset
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+class TrainAugment:
+    """Random scale, crop/translation and horizontal flip of an (image, label) pair.
+
+    The output is always ``crop_size`` (width, height). When the scaled image is smaller than
+    the crop it is placed at a random offset on a canvas (image zero, label ``ignore_index``),
+    which gives the small translations of the papers' recipes.
+    """
+
+    def __init__(self, crop_size: Tuple[int, int], ignore_index: int, scale_range: Tuple[float, float] = (0.75, 1.5),
+                 hflip: bool = True) -> None:
+        self.crop_w, self.crop_h = int(crop_size[0]), int(crop_size[1])
+        self.ignore_index = ignore_index
+        self.scale_range = scale_range
+        self.hflip = hflip
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        """Augment one pair with ``rng`` (a per-sample generator: reproducible, resumable)."""
+        h, w = label.shape
+        # Scale relative to the size that fits the crop exactly (so 1.0 = the crop's native size).
+        base = min(self.crop_w / w, self.crop_h / h)
+        s = base * rng.uniform(*self.scale_range)
+        sw, sh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+        image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)
+        canvas_w, canvas_h = max(sw, self.crop_w), max(sh, self.crop_h)
+        if (canvas_w, canvas_h) != (sw, sh):
+            ox, oy = rng.integers(0, canvas_w - sw + 1), rng.integers(0, canvas_h - sh + 1)
+            img_c = np.zeros((canvas_h, canvas_w, 3), np.uint8)
+            lab_c = np.full((canvas_h, canvas_w), self.ignore_index, np.uint8)
+            img_c[oy:oy + sh, ox:ox + sw] = image
+            lab_c[oy:oy + sh, ox:ox + sw] = label
+            image, label = img_c, lab_c
+        x0 = rng.integers(0, canvas_w - self.crop_w + 1)
+        y0 = rng.integers(0, canvas_h - self.crop_h + 1)
+        image = image[y0:y0 + self.crop_h, x0:x0 + self.crop_w]
+        label = label[y0:y0 + self.crop_h, x0:x0 + self.crop_w]
+        if self.hflip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)

@@ -1,0 +1,1 @@
+"""Offline training: the papers' recipes, two-stage training, resumable checkpoints, DDP."""
