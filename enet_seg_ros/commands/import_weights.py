@@ -1,0 +1,39 @@
+"""``enet-seg import-weights``: convert published checkpoints to safetensors + model card."""
+from __future__ import annotations
+
+import argparse
+
+SOURCES = ("espnet-reference",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the import-weights flags."""
+    p.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                   help="checkpoint family (espnet-reference: the ESPNet authors' .pth files)")
+    p.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"],
+                   help="dataset the checkpoint was trained on (sets classes and preprocessing)")
+    p.add_argument("checkpoint", metavar="CKPT", help="published checkpoint (.pth state dict)")
+    p.add_argument("--out", required=True, help="output weights file (.safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, write, then reload the written file strictly to prove it is usable."""
+    import torch
+
+    from ..nets import count_parameters
+    from ..nets.espnet_reference import load_reference, make_card
+    from ..weights import load_model, save_model
+
+    if not str(args.out).endswith(".safetensors"):
+        raise ValueError("--out must end with .safetensors, got {}".format(args.out))
+    model, info = load_reference(args.checkpoint)
+    card = make_card(info, args.dataset, args.checkpoint)
+    path = save_model(args.out, model, card)
+    reloaded, _ = load_model(path)
+    with torch.no_grad():
+        for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+            if not torch.equal(a, b):
+                raise RuntimeError("{}: tensor {} changed on the round trip".format(path, name))
+    print("wrote {} ({} {}, {} outputs, {:,} parameters)".format(
+        path, card.arch, card.options, card.num_classes, count_parameters(model)))
+    return 0

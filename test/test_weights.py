@@ -1,0 +1,147 @@
+"""Weights files: safetensors + model card round trip and clear errors for bad files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from enet_seg_ros.data.labels import CAMVID, CITYSCAPES
+from enet_seg_ros.nets import build_model
+from enet_seg_ros.weights import CARD_KEY, ModelCard, Normalization, WeightsError, load_model, read_card, save_model
+
+torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them
+
+
+def _card(arch: str = "espnet_c", spec=CAMVID, **kwargs) -> ModelCard:
+    return ModelCard.for_dataset(arch, spec, [480, 360], normalization=Normalization("bgr", [1, 2, 3], [4, 5, 6], 0.5),
+                                 **kwargs)
+
+
+def _saved(tmp_path, arch: str = "espnet_c", spec=CAMVID, **options):
+    torch.manual_seed(0)
+    model = build_model(arch, spec.num_classes, **options).eval()
+    card = _card(arch, spec, options=options, recipe={"epochs": 3}, metrics={"miou": 0.5})
+    path = save_model(tmp_path / "w.safetensors", model, card)
+    return path, model, card
+
+
+def test_round_trip_keeps_tensors_card_and_outputs(tmp_path):
+    path, model, card = _saved(tmp_path, "espnet", CAMVID, p=1, q=2)
+    loaded, loaded_card = load_model(path)
+    assert loaded_card == card
+    assert loaded_card.options == {"p": 1, "q": 2}
+    assert not loaded.training
+    assert len(loaded.encoder.level3) == 2  # options rebuilt the same architecture
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert list(ref) == list(got) and all(torch.equal(ref[k], got[k]) for k in ref)
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    # Human-readable copy of the card beside the weights; the cheap reader needs no tensors.
+    assert json.loads((tmp_path / "w.card.json").read_text())["arch"] == "espnet"
+    assert read_card(path) == card
+
+
+def test_cityscapes_card_carries_label_mapping(tmp_path):
+    path, _, _ = _saved(tmp_path, "espnet_c", CITYSCAPES)
+    card = read_card(path)
+    assert card.num_classes == 19 and card.train_id_to_id[0] == 7 and card.train_id_to_id[18] == 33
+    assert card.normalization.channel_order == "bgr" and card.normalization.scale == 0.5
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(WeightsError, match="nope.safetensors.*not found"):
+        load_model(missing)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.02])
+def test_truncated_file_is_named(tmp_path, keep):
+    path, _, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(WeightsError, match="cut.safetensors"):
+        load_model(bad)
+
+
+def test_foreign_file_is_named(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    torch.save({"x": torch.zeros(2)}, bad)  # a pickle, not safetensors: never unpickled
+    with pytest.raises(WeightsError, match="model.safetensors.*not a readable safetensors"):
+        load_model(bad)
+
+
+def test_wrong_class_count_is_a_shape_mismatch(tmp_path):
+    model = build_model("espnet_c", 20)
+    card = _card("espnet_c", CAMVID)  # 11 classes
+    path = tmp_path / "shape.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={CARD_KEY: card.to_json()})
+    with pytest.raises(WeightsError, match=r"shape.safetensors.*shape mismatch.*\(20, 256, 1, 1\)"):
+        load_model(path)
+
+
+def test_card_arch_mismatch_is_named(tmp_path):
+    model = build_model("erfnet", CAMVID.num_classes)
+    path = tmp_path / "arch.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={CARD_KEY: _card("enet").to_json()})
+    with pytest.raises(WeightsError, match="arch.safetensors.*missing .*unexpected"):
+        load_model(path)
+
+
+def _with_card(tmp_path, card_json: str):
+    path = tmp_path / "card.safetensors"
+    model = build_model("espnet_c", CAMVID.num_classes)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={CARD_KEY: card_json})
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"palette": [[0, 0, 0]]}, "palette"),
+    ({"class_names": ["a"]}, "class names"),
+    ({"input_size": [480]}, "input_size"),
+    ({"normalization": {"channel_order": "hsv"}}, "normalization"),
+    ({"normalization": {"std": [1, 0, 1]}}, "normalization"),
+    ({"train_id_to_id": [1, 2]}, "train_id_to_id"),
+    ({"arch": "segnet"}, "arch"),
+    ({"options": {"bogus": 1}}, "options"),
+    ({"format": 99}, "newer"),
+    ({"surprise": 1}, "invalid model card"),
+    ({"num_classes": "eleven"}, "invalid model card"),
+])
+def test_bad_card_fields_are_named(tmp_path, change, message):
+    data = json.loads(_card().to_json())
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path = _with_card(tmp_path, json.dumps(data))
+    with pytest.raises(WeightsError, match="card.safetensors") as info:
+        load_model(path)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_unparsable_card_is_named(tmp_path, text):
+    with pytest.raises(WeightsError, match="card.safetensors.*card"):
+        load_model(_with_card(tmp_path, text))
+
+
+def test_file_without_card_is_named(tmp_path):
+    path = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsError, match="bare.safetensors.*no model card"):
+        load_model(path)
+
+
+def test_invalid_card_is_refused_at_save(tmp_path):
+    card = _card()
+    card.palette = card.palette[:-1]
+    with pytest.raises(WeightsError, match="palette"):
+        save_model(tmp_path / "x.safetensors", build_model("espnet_c", CAMVID.num_classes), card)
+    assert not (tmp_path / "x.safetensors").exists()
