@@ -133,7 +133,7 @@ class SegmentationDataset:
                 unreadable.append(str(exc))
                 continue
             if image.shape[:2] != label.shape:
-                size_bad.append("{} ({} vs label {})".format(image_path.name, image.shape[:2], label.shape))
+                size_bad.append("{} ({} vs label {})".format(image_path, image.shape[:2], label.shape))
             values = np.unique(label)
             unknown = values[~lut_known[values]]
             if unknown.size:

@@ -1,7 +1,7 @@
 """Training augmentation and input normalisation (numpy + OpenCV, vectorised)."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -23,13 +23,17 @@ def normalize(image: np.ndarray, channel_order: str, mean: Sequence[float], std:
 class TrainAugment:
     """Random scale, crop/translation and horizontal flip of an (image, label) pair.
 
-    The output is always ``crop_size`` (width, height). When the scaled image is smaller than
-    the crop it is placed at a random offset on a canvas (image zero, label ``ignore_index``),
-    which gives the small translations of the papers' recipes.
+    Frames are first brought to the model's ``input_size`` (the inference resolution), then
+    scaled by a random factor from ``scale_range`` and cropped to ``crop_size`` (default: the
+    input size), so objects appear at the scale the network sees at inference. When the scaled
+    image is smaller than the crop it is placed at a random offset on a canvas (image zero,
+    label ``ignore_index``), which gives the small translations of the papers' recipes.
     """
 
-    def __init__(self, crop_size: Tuple[int, int], ignore_index: int, scale_range: Tuple[float, float] = (0.75, 1.5),
-                 hflip: bool = True) -> None:
+    def __init__(self, input_size: Tuple[int, int], ignore_index: int, scale_range: Tuple[float, float] = (0.75, 1.5),
+                 hflip: bool = True, crop_size: Optional[Tuple[int, int]] = None) -> None:
+        self.input_w, self.input_h = int(input_size[0]), int(input_size[1])
+        crop_size = crop_size or input_size
         self.crop_w, self.crop_h = int(crop_size[0]), int(crop_size[1])
         self.ignore_index = ignore_index
         self.scale_range = scale_range
@@ -37,13 +41,12 @@ class TrainAugment:
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         """Augment one pair with ``rng`` (a per-sample generator: reproducible, resumable)."""
-        h, w = label.shape
-        # Scale relative to the size that fits the crop exactly (so 1.0 = the crop's native size).
-        base = min(self.crop_w / w, self.crop_h / h)
-        s = base * rng.uniform(*self.scale_range)
-        sw, sh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+        s = rng.uniform(*self.scale_range)
+        sw, sh = max(1, int(round(self.input_w * s))), max(1, int(round(self.input_h * s)))
         image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)
+        # NEAREST_EXACT samples pixel centres like INTER_LINEAR does; plain INTER_NEAREST is off
+        # by half a source pixel, which shifts labels against the image by up to one output pixel.
+        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
         canvas_w, canvas_h = max(sw, self.crop_w), max(sh, self.crop_h)
         if (canvas_w, canvas_h) != (sw, sh):
             ox, oy = rng.integers(0, canvas_w - sw + 1), rng.integers(0, canvas_h - sh + 1)

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+
+log = logging.getLogger("enet_seg_ros.train")
 
 
 def class_histograms(num_labels: int, num_classes: int, load_label: Callable[[int], np.ndarray]):
@@ -39,26 +43,52 @@ def median_frequency_weights(counts: np.ndarray, image_pixels_with_class: np.nda
 
 def cached_class_weights(kind: str, label_paths: Sequence[Path], num_classes: int,
                          load_label: Callable[[int], np.ndarray], cache_dir: Path, c: float = 1.02) -> Optional[List[float]]:
-    """Class weights of ``kind`` (``enet``, ``median_freq`` or ``none``), cached by label file list.
+    """Class weights of ``kind`` (``enet``, ``median_freq`` or ``none``), cached by label files.
 
-    The histogram (the expensive part) is cached in ``cache_dir`` under a hash of the label
-    paths and sizes, so every run on the same data reuses it.
+    The histogram (the expensive part: decoding every label) is cached in ``cache_dir`` under a
+    hash of the label paths and their bytes, so every run on the same data reuses it and any
+    edited, added or removed label file gives a new cache entry.
     """
     if kind == "none":
         return None
     if kind not in ("enet", "median_freq"):
         raise ValueError("unknown class weighting {!r}".format(kind))
-    digest = hashlib.sha256()
-    for p in label_paths:
-        digest.update(str(p).encode())
-        digest.update(str(Path(p).stat().st_size).encode())
-    cache = Path(cache_dir) / "class_hist_{}_{}.json".format(num_classes, digest.hexdigest()[:16])
-    if cache.is_file():
-        data = json.loads(cache.read_text())
-        counts, with_class = np.array(data["counts"]), np.array(data["image_pixels_with_class"])
+    cache = Path(cache_dir) / "class_hist_{}_{}.json".format(num_classes, label_digest(label_paths))
+    cached = _read_histogram(cache, num_classes)
+    if cached is not None:
+        counts, with_class = cached
     else:
         counts, with_class = class_histograms(len(label_paths), num_classes, load_label)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"counts": counts.tolist(), "image_pixels_with_class": with_class.tolist()}))
+        # Atomic: DDP ranks compute this concurrently and may read while another writes.
+        tmp = cache.with_name("{}.{}.tmp".format(cache.name, os.getpid()))
+        tmp.write_text(json.dumps({"counts": counts.tolist(), "image_pixels_with_class": with_class.tolist()}))
+        os.replace(tmp, cache)
     weights = enet_weights(counts, c) if kind == "enet" else median_frequency_weights(counts, with_class)
     return [float(w) for w in weights]
+
+
+def label_digest(label_paths: Sequence[Path]) -> str:
+    """Short hash of the label file names and contents (reading bytes is cheap next to decoding)."""
+    digest = hashlib.sha256()
+    for p in label_paths:
+        digest.update(str(p).encode())
+        digest.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _read_histogram(cache: Path, num_classes: int):
+    """(counts, image_pixels_with_class) from a cache file, or None when absent or unusable."""
+    if not cache.is_file():
+        return None
+    try:
+        data = json.loads(cache.read_text())
+        counts = np.asarray(data["counts"], dtype=np.int64)
+        with_class = np.asarray(data["image_pixels_with_class"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable class histogram cache %s (%s)", cache, exc)
+        return None
+    if counts.shape != (num_classes,) or with_class.shape != (num_classes,):
+        log.warning("ignoring class histogram cache %s: wrong number of classes", cache)
+        return None
+    return counts, with_class

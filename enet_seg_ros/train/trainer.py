@@ -5,13 +5,16 @@ Reproducibility: every sample's augmentation uses its own generator seeded by
 so a run resumed from a checkpoint, or split over N processes with the same global batch,
 sees the same batches. The loss is normalised by the global (all-rank) weighted pixel count,
 so DDP gradients equal the single-process gradients of the same global batch.
+
+What still differs between N processes and one is what runs per process: BatchNorm batch
+statistics (per-rank batches; SyncBatchNorm needs CUDA) and Dropout masks (per-process RNG).
+``freeze_bn`` + ``no_dropout`` remove both, which is how the DDP equivalence test compares them.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,7 +49,8 @@ class TrainConfig:
     dataset: str
     data_root: str
     out: str
-    size: Tuple[int, int] = (480, 360)
+    size: Tuple[int, int] = (480, 360)  # model input size (inference resolution, in the card)
+    crop: Optional[Tuple[int, int]] = None  # training crop (default: size)
     epochs: int = 100
     encoder_epochs: Optional[int] = None  # default: same as epochs
     batch_size: Optional[int] = None
@@ -68,6 +72,10 @@ class TrainConfig:
     freeze_bn: bool = False
     sync_bn: bool = False
     options: Dict[str, Any] = field(default_factory=dict)
+    # Set every dropout probability to 0 (ablations; makes DDP and single-process runs comparable).
+    no_dropout: bool = False
+    # Leave cleanly (resumable) after this many epochs in this invocation; 0 = run to the end.
+    stop_after: int = 0
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the arch's paper recipe."""
@@ -110,6 +118,26 @@ def _dist_info() -> Tuple[int, int]:
     return 0, 1
 
 
+def _disable_dropout(model: nn.Module) -> int:
+    """Set every dropout probability to 0 (``no_dropout``); returns how many modules changed.
+
+    With p = 0 PyTorch returns the input untouched and draws no random numbers.
+    """
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+            changed += 1
+    return changed
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so a concurrent reader (another rank) never sees a partial file."""
+    tmp = path.with_name("{}.{}.tmp".format(path.name, os.getpid()))
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _freeze_batchnorm(model: nn.Module) -> None:
     """With ``freeze_bn``, BNs use running statistics (fine-tuning with tiny batches)."""
     for m in model.modules():
@@ -147,8 +175,11 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.out = Path(self.cfg.out)
-        if self.cfg.batch_size % self.world:
-            raise ValueError("global batch size {} is not divisible by {} processes".format(self.cfg.batch_size, self.world))
+        if self.cfg.batch_size < 1 or self.cfg.batch_size % self.world:
+            raise ValueError("--batch-size {} (the global batch) must be a positive multiple of the {} processes"
+                             .format(self.cfg.batch_size, self.world))
+        if self.cfg.sync_bn and self.world > 1 and self.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels); on CPU use --freeze-bn or neither")
 
     # ----------------------------------------------------------------------------------- setup
     def _prepare_data(self) -> None:
@@ -159,6 +190,11 @@ class Trainer:
         self.train_set.check()
         self.val_set.check()
         self.spec = self.train_set.spec
+        per_rank = len(self.train_set) // self.world
+        if per_rank < cfg.batch_size // self.world:
+            raise ValueError("training set {} has {} frames: too few for a global batch of {} ({} per process); "
+                             "lower --batch-size".format(cfg.data_root, len(self.train_set), cfg.batch_size,
+                                                         cfg.batch_size // self.world))
         stats_file = self.out / "dataset_stats.json"
         if stats_file.is_file():
             stats = json.loads(stats_file.read_text())
@@ -166,7 +202,7 @@ class Trainer:
             mean, std = dataset_statistics(self.train_set)
             stats = {"mean": mean, "std": std}
             if self.is_main:
-                stats_file.write_text(json.dumps(stats))
+                _write_atomic(stats_file, json.dumps(stats))
         self.norm = Normalization(channel_order="rgb", mean=stats["mean"], std=stats["std"], scale=1.0)
         label_paths = [lab for _, lab in self.train_set.pairs]
         weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
@@ -179,7 +215,10 @@ class Trainer:
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # same initial weights for the same seed (a resume loads its own)
         model = build_model(cfg.arch, self.spec.num_classes, **cfg.options)
+        if cfg.no_dropout:
+            log.info("--no-dropout: %d dropout modules set to p=0", _disable_dropout(model))
         if cfg.init:
             init_model, _ = load_model(cfg.init)
             missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
@@ -249,7 +288,7 @@ class Trainer:
         model.train()
         if self.cfg.freeze_bn:
             _freeze_batchnorm(model)
-        total, count, images = 0.0, 0, 0
+        total, shown, count, images = 0.0, 0.0, 0, 0
         steps = len(loader) if not self.cfg.max_steps_per_epoch else min(len(loader), self.cfg.max_steps_per_epoch)
         bar = tqdm(loader, total=steps, disable=not self.is_main, desc="{} {}".format(stage, epoch),
                    mininterval=10.0, dynamic_ncols=True)
@@ -262,16 +301,24 @@ class Trainer:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.cfg.amp and self.device.type == "cuda"):
                 out = model(x)
                 if stage == "encoder":
-                    y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest")[:, 0].long()
+                    # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
+                    y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
                 loss = self._loss(out.float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += float(loss.detach()) / self.world
+            # Each rank's loss is its share of the global loss times the world size (see _loss).
+            step_loss = float(loss.detach())
+            total += step_loss / self.world
+            shown += step_loss
             count += 1
             images += x.shape[0] * self.world
-            bar.set_postfix(loss="{:.4f}".format(total / count), lr="{:.2e}".format(opt.param_groups[0]["lr"]))
+            bar.set_postfix(loss="{:.4f}".format(shown / count), lr="{:.2e}".format(opt.param_groups[0]["lr"]))
+        if self.world > 1:
+            summed = torch.tensor([total], dtype=torch.float64, device=self.device)
+            dist.all_reduce(summed)
+            total = float(summed)
         return total / max(1, count), images
 
     @torch.no_grad()
@@ -282,6 +329,7 @@ class Trainer:
         cm = ConfusionMatrix(self.spec.num_classes, self.spec.ignore_index)
         for i in range(self.rank, len(self.val_set), self.world):
             image, label = self.val_set.load(i)
+            image, label = _resize_pair(image, label, self.cfg.size)
             x = torch.from_numpy(normalize(image, self.norm.channel_order, self.norm.mean, self.norm.std,
                                            self.norm.scale))[None].to(self.device)
             if self.device.type == "cpu":
@@ -291,7 +339,7 @@ class Trainer:
                 h, w = pred.shape
                 import cv2
 
-                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
             cm.update(pred, label)
         if self.world > 1:
             m = torch.from_numpy(cm.matrix).to(self.device)
@@ -304,8 +352,13 @@ class Trainer:
         """Train every stage; returns the best validation metrics."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        if not self.resume and (self.out / CHECKPOINT).is_file():
+            raise ValueError("{} already holds a run ({}): pass --resume to continue it or choose another --out"
+                             .format(self.out, CHECKPOINT))
+        if self.resume and self.is_main:
+            _warn_config_changes(self.out / "config.json", cfg)
         if self.is_main:
-            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
         self._prepare_data()
         model = self._build_model()
         net = model
@@ -319,9 +372,17 @@ class Trainer:
             stage_index, start_epoch = ckpt["stage_index"], ckpt["epoch"] + 1
             best, train_time = json.loads(ckpt["best"]), ckpt["train_time"]
             log.info("resuming %s at stage %s epoch %d", self.out, stages[stage_index], start_epoch)
+            if self.is_main:
+                # Rows written after the checkpoint (a crash between the two) would be repeated.
+                _trim_log(self.out / "log.csv", stages, stage_index, ckpt["epoch"])
         if self.world > 1:
-            model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        augment = TrainAugment(cfg.size, self.spec.ignore_index, tuple(cfg.scale_range))
+            # Each stage leaves some parameters unused (the decoder while training the encoder,
+            # the encoder head afterwards): DDP must be told, and leaves their gradients None.
+            model = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        augment = TrainAugment(cfg.size, self.spec.ignore_index, tuple(cfg.scale_range),
+                               crop_size=tuple(cfg.crop) if cfg.crop else None)
         data = _AugmentedSet(self.train_set, augment, self.norm, cfg.seed)
         sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
@@ -330,7 +391,12 @@ class Trainer:
                             persistent_workers=False)
         csv_path = self.out / "log.csv"
         writer = _tensorboard(self.out / "tb") if self.is_main else None
+        trained = 0  # epochs trained by this invocation (for stop_after)
         for si in range(stage_index, len(stages)):
+            if cfg.stop_after and trained >= cfg.stop_after:
+                if self.is_main:
+                    log.info("stopping after %d epochs as asked (--stop-after); continue with --resume", trained)
+                break
             stage = stages[si]
             net.encoder_only = stage == "encoder"
             data.stage = si
@@ -344,6 +410,11 @@ class Trainer:
                 scaler.load_state_dict(ckpt["scaler"])
                 torch.set_rng_state(ckpt["torch_rng"].cpu())
             for epoch in range(first, self._stage_epochs(stage)):
+                if cfg.stop_after and trained >= cfg.stop_after:
+                    if self.is_main:
+                        log.info("stopping after %d epochs as asked (--stop-after); continue with --resume", trained)
+                    break
+                trained += 1
                 sampler.set_epoch(epoch + 1000 * si)
                 data.epoch = epoch
                 t0 = time.time()
@@ -391,7 +462,8 @@ class Trainer:
         card = ModelCard.for_dataset(
             cfg.arch, self.spec, list(cfg.size), normalization=self.norm, options=dict(cfg.options),
             recipe={k: v for k, v in asdict(cfg).items() if k not in ("out", "data_root")},
-            metrics={"split": "val", "epoch": best["epoch"], "train_time_s": round(train_time, 1),
+            metrics={"split": "val", "stage": best["stage"], "epoch": best["epoch"],
+                     "train_time_s": round(train_time, 1),
                      "val_miou": best["miou"], "val_pixel_accuracy": best["pixel_accuracy"],
                      "val_mean_class_accuracy": best["mean_class_accuracy"], "val_class_iou": best["class_iou"],
                      "params": count_parameters(net)},
@@ -401,6 +473,48 @@ class Trainer:
         net.encoder_only = False
         save_model(self.out / BEST, net, card)
         net.encoder_only = was
+
+
+def _resize_pair(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]):
+    """Bring a validation frame to the model input size (labels nearest, as at inference)."""
+    import cv2
+
+    w, h = int(size[0]), int(size[1])
+    if image.shape[1] == w and image.shape[0] == h:
+        return image, label
+    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT))
+
+
+def _trim_log(path: Path, stages: List[str], stage_index: int, epoch: int) -> None:
+    """Drop log rows after (``stage_index``, ``epoch``), the last checkpointed epoch."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if r.get("stage") in stages
+            and (stages.index(r["stage"]), int(r["epoch"])) <= (stage_index, epoch)]
+    if len(keep) == len(rows) or not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+
+
+def _warn_config_changes(path: Path, cfg: TrainConfig) -> None:
+    """On --resume, say which settings differ from the run's saved config.json."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return
+    new = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
+    changed = sorted(k for k in new if k in old and old[k] != new[k] and k != "stop_after")
+    if changed:
+        log.warning("--resume with changed settings (the run continues with the new values): %s",
+                    ", ".join("{} {} -> {}".format(k, old[k], new[k]) for k in changed))
 
 
 def _append_csv(path: Path, row: Dict[str, Any]) -> None:
@@ -424,6 +538,9 @@ def main_worker(config: TrainConfig, resume: bool) -> Dict[str, Any]:
     """Entry for one process (also under ``torchrun``: initialises the process group from env)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if _dist_info()[0] != 0:
+        # Rank-0-only logging: other ranks report only warnings and errors.
+        logging.getLogger("enet_seg_ros").setLevel(logging.WARNING)
     try:
         return Trainer(config, resume=resume).run()
     finally:

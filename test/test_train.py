@@ -1,0 +1,257 @@
+"""``enet-seg train`` end to end on tiny generated datasets: outputs of a run (weights + card, log,
+config), exact ``--resume``, the Cityscapes layout, user errors, dropout switch, TensorBoard path."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import math
+import sys
+import types
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from enet_seg_ros import cli
+from enet_seg_ros.data.labels import CAMVID, CITYSCAPES
+from enet_seg_ros.nets import build_model
+from enet_seg_ros.train.trainer import TrainConfig, _disable_dropout
+from enet_seg_ros.weights import load_model, read_card
+from test_datasets import make_camvid, make_cityscapes
+
+BASE = ["--arch", "enet", "--size", "64x48", "--batch-size", "4", "--threads", "1"]
+BOTH = ["--stages", "both", "--encoder-epochs", "1", "--epochs", "2"]
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def train(root: Path, out: Path, *extra: str, dataset: str = "camvid") -> int:
+    return cli.main(["train", "--dataset", dataset, "--data-root", str(root), "--out", str(out), *BASE, *extra])
+
+
+def read_log(out: Path) -> List[Dict[str, str]]:
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def checkpoint(out: Path) -> dict:
+    return torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory) -> Path:
+    return make_camvid(tmp_path_factory.mktemp("data") / "camvid", n_train=8, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def straight(camvid, tmp_path_factory) -> Path:
+    """One uninterrupted two-stage run: 1 encoder epoch + 2 decoder epochs."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    assert train(camvid, out, *BOTH) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------ smoke run
+def test_run_outputs(straight, camvid):
+    names = {p.name for p in straight.iterdir()}
+    assert {"last.pt", "best.safetensors", "best.card.json", "log.csv", "config.json", "dataset_stats.json",
+            "class_weights.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+
+    rows = read_log(straight)
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("encoder", 0), ("decoder", 0), ("decoder", 1)]
+    for r in rows:
+        assert math.isfinite(float(r["train_loss"])) and float(r["train_loss"]) > 0
+        assert 0 <= float(r["val_miou"]) <= 1 and float(r["images_per_second"]) > 0
+    # poly schedule over the 2 decoder epochs: lr 5e-4, then 5e-4 * (1 - 1/2) ** 0.9
+    assert float(rows[1]["lr"]) == pytest.approx(5e-4)
+    assert float(rows[2]["lr"]) == pytest.approx(5e-4 * 0.5 ** 0.9)
+
+    config = json.loads((straight / "config.json").read_text())
+    assert config["arch"] == "enet" and config["size"] == [64, 48] and config["encoder_epochs"] == 1
+    assert (config["lr"], config["weight_decay"], config["weighting_c"]) == (5e-4, 2e-4, 1.02)  # ENet recipe
+    TrainConfig(**config)  # the saved config is a complete, loadable TrainConfig
+
+    model, card = load_model(straight / "best.safetensors")
+    assert card.arch == "enet" and card.dataset == "camvid" and card.num_classes == 11
+    assert card.class_names == list(CAMVID.class_names) and card.palette == [list(c) for c in CAMVID.palette]
+    assert card.input_size == [64, 48]
+    stats = json.loads((straight / "dataset_stats.json").read_text())
+    assert card.normalization.mean == stats["mean"] and card.normalization.std == stats["std"]
+    assert card.normalization.channel_order == "rgb"
+    assert card.recipe["lr"] == 5e-4 and card.recipe["epochs"] == 2 and card.recipe["class_weighting"] == "enet"
+    assert "data_root" not in card.recipe and "out" not in card.recipe
+    m = card.metrics
+    best_row = max(rows[1:], key=lambda r: float(r["val_miou"]))  # best of the final (decoder) stage
+    assert (m["stage"], m["epoch"]) == ("decoder", int(best_row["epoch"]))
+    assert m["val_miou"] == pytest.approx(float(best_row["val_miou"]))
+    assert m["train_time_s"] >= 0 and m["params"] == sum(p.numel() for p in model.parameters())
+    assert set(m["val_class_iou"]) == set(CAMVID.class_names)
+    assert read_card(straight / "best.safetensors") == card
+    assert json.loads((straight / "best.card.json").read_text())["metrics"]["val_miou"] == m["val_miou"]
+    # The exported network is the full one (not the encoder head) and runs at any size.
+    assert not model.encoder_only
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 48, 64)).shape == (1, 11, 48, 64)
+
+
+def test_class_weights_of_the_run(straight, camvid):
+    """class_weights.json holds 1/ln(1.02 + p) of the training labels' class frequencies."""
+    counts = np.zeros(256, np.int64)
+    for p in sorted((camvid / "trainannot").iterdir()):
+        counts += np.bincount(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).ravel(), minlength=256)
+    p = counts[:11] / counts[:11].sum()
+    saved = json.loads((straight / "class_weights.json").read_text())
+    assert saved["kind"] == "enet" and saved["c"] == 1.02
+    np.testing.assert_allclose(saved["weights"], 1 / np.log(1.02 + p), rtol=1e-6)
+    assert len(list((straight.parent / ".class_weights").glob("class_hist_*.json"))) == 1
+
+
+def test_tensorboard_absent_is_silent(straight):
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert (straight / "tb").is_dir()
+    else:
+        assert not (straight / "tb").exists()
+
+
+def test_tensorboard_scalars_when_available(camvid, tmp_path, monkeypatch):
+    """With a SummaryWriter importable, per-epoch scalars go to RUN_DIR/tb (recorded by a stand-in)."""
+    written = []
+
+    class Writer:
+        def __init__(self, logdir):
+            written.append(("open", logdir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            written.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    out = tmp_path / "run"
+    assert train(camvid, out, "--stages", "decoder", "--epochs", "2") == 0
+    rows = read_log(out)
+    assert written[0] == ("open", str(out / "tb")) and written[-1] == ("close",)
+    scalars = {(t, s): v for t, v, s in (w for w in written if len(w) == 3)}
+    for epoch, row in enumerate(rows):
+        assert scalars[("decoder/train_loss", epoch)] == pytest.approx(float(row["train_loss"]))
+        assert scalars[("decoder/val_miou", epoch)] == pytest.approx(float(row["val_miou"]))
+        assert ("decoder/lr", epoch) in scalars
+
+
+def test_cityscapes_layout(tmp_path):
+    root = make_cityscapes(tmp_path / "cs", n_train=4, n_val=2)
+    out = tmp_path / "run"
+    assert train(root, out, "--stages", "decoder", "--epochs", "1", dataset="cityscapes") == 0
+    model, card = load_model(out / "best.safetensors")
+    assert card.dataset == "cityscapes" and card.num_classes == 19
+    assert card.class_names == list(CITYSCAPES.class_names)
+    assert card.train_id_to_id == list(CITYSCAPES.train_id_to_id)
+    assert len(read_log(out)) == 1
+
+
+# ---------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("stop_after", [1, 2], ids=["at-stage-boundary", "mid-stage"])
+def test_resume_is_exact(straight, camvid, tmp_path, stop_after, caplog):
+    """Interrupted after N epochs and resumed == uninterrupted: weights, optimiser, logs, best export."""
+    out = tmp_path / "split"
+    caplog.set_level(logging.INFO, logger="enet_seg_ros")
+    assert train(camvid, out, *BOTH, "--stop-after", str(stop_after)) == 0
+    assert "continue with --resume" in caplog.text
+    first = checkpoint(out)
+    assert (first["stage_index"], first["epoch"]) == ((0, 0) if stop_after == 1 else (1, 0))
+    assert len(read_log(out)) == stop_after
+    if stop_after == 2:
+        # A crash after the log row of the next epoch but before its checkpoint: the row must
+        # not appear twice after the resume.
+        with open(out / "log.csv", "a") as f:
+            f.write("decoder,1,9.9,0.0001,0.5,0.5,1.0,1.0\n")
+    assert train(camvid, out, *BOTH, "--resume") == 0
+
+    a, b = checkpoint(straight), checkpoint(out)
+    assert (b["stage_index"], b["epoch"]) == (1, 1)
+    assert_same_state(a["model"], b["model"])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert_same_state(pa, pb)
+    assert without_timing(read_log(straight)) == without_timing(read_log(out))
+    ma, _ = load_model(straight / "best.safetensors")
+    mb, card = load_model(out / "best.safetensors")
+    assert_same_state(ma.state_dict(), mb.state_dict())
+    assert card.metrics["val_miou"] == read_card(straight / "best.safetensors").metrics["val_miou"]
+
+
+def test_same_seed_same_run_other_seed_differs(straight, camvid, tmp_path):
+    """The seed fixes initial weights and augmentation: a second run reproduces the first."""
+    again, other = tmp_path / "again", tmp_path / "other"
+    assert train(camvid, again, *BOTH) == 0
+    assert_same_state(checkpoint(straight)["model"], checkpoint(again)["model"])
+    assert train(camvid, other, *BOTH, "--seed", "1") == 0
+    theirs = checkpoint(other)["model"]
+    assert not any(torch.equal(theirs[k], v) for k, v in checkpoint(again)["model"].items()
+                   if v.is_floating_point() and v.numel() > 1 and k.endswith("weight"))
+
+
+def test_worker_processes_do_not_change_the_run(straight, camvid, tmp_path):
+    """Augmentation is seeded per sample, so data-loader workers give the very same training."""
+    out = tmp_path / "workers"
+    assert train(camvid, out, *BOTH, "--workers", "2") == 0
+    assert_same_state(checkpoint(straight)["model"], checkpoint(out)["model"])
+
+
+# ----------------------------------------------------------------------------------- user errors
+def test_existing_run_needs_resume(straight, camvid, capsys):
+    before = (straight / "last.pt").stat().st_mtime_ns
+    assert train(camvid, straight, *BOTH) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and str(straight) in err
+    assert (straight / "last.pt").stat().st_mtime_ns == before
+
+
+def test_batch_larger_than_dataset(camvid, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--dataset", "camvid", "--data-root", str(camvid), "--out", str(out), "--arch", "enet",
+                     "--size", "64x48", "--batch-size", "16", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 8 frames" in err and "--batch-size" in err
+    assert not (out / "last.pt").exists()
+
+
+def test_resume_warns_about_changed_settings(camvid, tmp_path, caplog):
+    out = tmp_path / "run"
+    assert train(camvid, out, "--stages", "decoder", "--epochs", "2", "--stop-after", "1") == 0
+    caplog.clear()
+    assert train(camvid, out, "--stages", "decoder", "--epochs", "2", "--lr", "1e-3", "--resume") == 0
+    assert "changed settings" in caplog.text and "lr 0.0005 -> 0.001" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------- dropout
+def test_no_dropout_makes_training_forward_deterministic():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 48, 64)
+    model = build_model("enet", 11).train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))  # dropout draws new masks each call
+        n = _disable_dropout(model)
+        assert n > 0 and all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout2d))
+        state = torch.get_rng_state()
+        assert torch.equal(model(x), model(x))
+        assert torch.equal(state, torch.get_rng_state())  # p = 0 draws no random numbers
