@@ -1,0 +1,79 @@
+"""``enet-seg export``: weights -> ONNX graph or TensorRT engine."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the export flags."""
+    p.add_argument("--weights", required=True, help="weights file (.safetensors with a model card)")
+    p.add_argument("--format", required=True, choices=("onnx", "tensorrt"), help="output format")
+    p.add_argument("--size", default=None, help="network input WxH (default: the card's input size)")
+    p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"),
+                   help="onnx: fp32 (default) or int8 (static quantisation, needs --calib); "
+                        "tensorrt: fp16 (default), fp32 or int8 (needs --calib)")
+    p.add_argument("--calib", default=None, metavar="DIR", help="calibration images for int8")
+    p.add_argument("--graph", default="full", choices=("full", "network"),
+                   help="onnx only: full = uint8 NHWC 'image' in, uint8 'labels' out (normalisation and "
+                        "argmax inside, the model card in the metadata); network = float NCHW 'input' "
+                        "(normalised) in, 'logits' out")
+    p.add_argument("--confidence", action="store_true", help="full graph: add a 'confidence' output")
+    p.add_argument("--out", required=True, help="output path (.onnx or .engine)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and report what was written."""
+    import shutil
+    from pathlib import Path
+
+    from ..engine import parse_size
+    from ..engine.source import load_source
+
+    source = load_source(args.weights)
+    size = parse_size(args.size) if args.size else parse_size(source.card.input_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "onnx":
+        from ..engine.export import export_onnx_bytes, quantize_int8
+
+        precision = args.precision or "fp32"
+        if precision == "fp16":
+            raise ValueError("ONNX export is fp32 or int8; fp16 engines come from --format tensorrt")
+        if precision == "int8" and args.graph != "full":
+            raise ValueError("int8 ONNX export needs --graph full (uint8 input is what gets calibrated)")
+        data = export_onnx_bytes(source, size, flavour=args.graph, with_confidence=args.confidence,
+                                 dynamic_batch=args.graph == "full")
+        if precision == "int8":
+            if not args.calib:
+                raise ValueError("--precision int8 needs --calib DIR (calibration images)")
+            from ..engine.calib import calibration_frames
+            from ..engine.preprocess import pad_colour
+
+            norm = source.card.normalization
+            frames = calibration_frames(args.calib, size, source.card.resize_policy, norm.channel_order,
+                                        pad_colour(norm.mean))
+            tmp = out.with_name(out.name + ".fp32.tmp")
+            tmp.write_bytes(data)
+            try:
+                quantize_int8(tmp, out, frames)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(out)
+    else:
+        from ..engine.backends.tensorrt_backend import ENGINE_SUFFIX, TensorRTBackend, tensorrt_status
+
+        ok, why = tensorrt_status()
+        if not ok:
+            raise RuntimeError("TensorRT export needs an NVIDIA GPU with the tensorrt package "
+                               "(and ideally torch2trt): {}".format(why))
+        backend = TensorRTBackend(source, size, precision=args.precision, calibration=args.calib)
+        engine_path, _ = backend.cache.paths(backend.fields, ENGINE_SUFFIX)
+        shutil.copyfile(engine_path, out)
+        print("TensorRT {} engine ({} builder, TensorRT {}, {}): input 'input' float32 1x3x{}x{} normalised, "
+              "output 'logits'".format(backend.precision, backend.builder, backend.env["tensorrt"], backend.env["gpu"],
+                                       size[1], size[0]))
+    print("wrote {} ({:.2f} MB) for {} at {}x{}".format(out, out.stat().st_size / 1e6, source.card.arch, *size))
+    return 0

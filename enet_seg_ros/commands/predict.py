@@ -1,0 +1,70 @@
+"""``enet-seg predict``: segment image files and write label / colour / overlay PNGs."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the predict flags."""
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (any size, any OpenCV format)")
+    p.add_argument("--weights", default=None, help="weights file (default: the shipped models/enet_camvid.safetensors)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8 (default: the backend's)")
+    p.add_argument("--size", default=None, help="network input WxH (default: the card's)")
+    p.add_argument("--resize-policy", default=None, choices=("stretch", "letterbox", "center_crop"),
+                   help="how frames are fitted to the network input (default: the card's)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour labels")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment each image; a missing or unreadable image is an error naming the file."""
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    from ..engine import Segmenter
+    from ..weights import default_weights_path
+
+    paths = [Path(p) for p in args.images]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError("{}: image not found".format(p))
+    weights = args.weights or default_weights_path()
+    seg = Segmenter(weights, backend=args.backend, device=args.device, precision=args.precision,
+                    input_size=args.size, resize_policy=args.resize_policy, warmup=1)
+    card = seg.card
+    to_id = None
+    if card.train_id_to_id is not None:
+        # Cityscapes: official label ids for the evaluation scripts; UNKNOWN stays 0 (unlabeled).
+        to_id = np.zeros(256, np.uint8)
+        to_id[: card.num_classes] = np.asarray(card.train_id_to_id, dtype=np.int64).clip(0, 255)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = set()
+    for p in paths:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("{}: not a readable image".format(p))
+        stem = p.stem if p.stem not in stems else "{}_{}".format(p.stem, len(stems))
+        stems.add(stem)
+        result = seg.segment(bgr, channel_order="bgr")
+        _write(out / (stem + "_labels.png"), result.labels)
+        _write(out / (stem + "_color.png"), cv2.cvtColor(result.color(), cv2.COLOR_RGB2BGR))
+        _write(out / (stem + "_overlay.png"), result.overlay(bgr, args.alpha, channel_order="bgr"))
+        if to_id is not None:
+            _write(out / (stem + "_labelIds.png"), to_id[result.labels])
+        top = sorted(result.class_stats().items(), key=lambda kv: -kv[1]["fraction"])[:3]
+        print("{}: {}x{} -> {} ({})".format(p.name, bgr.shape[1], bgr.shape[0], out / (stem + "_*.png"),
+                                           ", ".join("{} {:.0%}".format(k, v["fraction"]) for k, v in top)))
+    print("backend: {}".format(seg.backend.describe()))
+    return 0
+
+
+def _write(path, image) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), image):
+        raise RuntimeError("{}: could not write image".format(path))

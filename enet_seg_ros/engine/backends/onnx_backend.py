@@ -1,0 +1,214 @@
+"""ONNX Runtime backend: the inference graph exported once per (weights, size, variant) and cached.
+
+The cached file is verified against its sidecar digest before use; a corrupt or foreign file
+(or one ONNX Runtime refuses to load) is deleted and re-exported, never trusted.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import numpy as np
+
+from ..cache import GRAPH_FORMAT, ArtifactCache
+from ..export import export_onnx_bytes, quantize_int8
+from ..graph import INPUT_NAME
+from ..source import ModelSource
+from .base import Backend, BackendUnavailable, check_forced_failure
+
+LOG = logging.getLogger(__name__)
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def ort_providers() -> List[str]:
+    """Execution providers this onnxruntime build offers ([] when onnxruntime is missing)."""
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except Exception:
+        return []
+
+
+def ort_gpu_available() -> bool:
+    """True when a CUDA or TensorRT execution provider is compiled in."""
+    return any(p in ort_providers() for p in GPU_PROVIDERS)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime with full graph optimisation (incl. NCHWc layouts) and configurable threads.
+
+    Args:
+        source: network + card.
+        input_size: (width, height).
+        device: ``cpu`` or ``cuda``; ``None`` picks CUDA when a GPU provider exists.
+        precision: ``fp32`` (default) or ``int8`` (static QDQ quantisation calibrated on
+            ``calibration``; lossy, opt-in). On GPU, ``fp16`` enables the TensorRT provider's fp16.
+        threads: intra-op threads (``None``/0: one per physical core).
+        spin: let idle intra-op threads busy-wait between kernels. Off by default: on a CPU
+            shared with a camera driver and other ROS nodes, spinning threads steal their cycles
+            and, when the cores are oversubscribed, made inference 2-3x slower here.
+        cache_dir: artefact cache root (default ``$ENET_SEG_CACHE`` or ``~/.cache/enet_seg_ros``).
+        calibration: folder of images for int8; ``calibration_limit`` images are used.
+        output / with_confidence: graph outputs.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
+                 precision: Optional[str] = None, threads: Optional[int] = None, cache_dir=None,
+                 calibration=None, calibration_limit: int = 32, output: str = "labels",
+                 with_confidence: bool = False, fail_backends: Optional[Set[str]] = None,
+                 resize_policy: str = "stretch", optimization: str = "all", spin: bool = False,
+                 **_unused) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable("onnxruntime is not installed ({})".format(exc)) from None
+        device = device or ("cuda" if ort_gpu_available() else "cpu")
+        check_forced_failure(self.name, device, fail_backends)
+        on_gpu = device.startswith("cuda")
+        providers = self._providers(ort, device)
+        precision = precision or "fp32"
+        if precision not in ("fp32", "int8", "fp16"):
+            raise BackendUnavailable("onnxruntime has no {} mode".format(precision))
+        if precision == "fp16" and "TensorrtExecutionProvider" not in [p if isinstance(p, str) else p[0]
+                                                                       for p in providers]:
+            raise BackendUnavailable("onnxruntime fp16 needs the TensorRT execution provider")
+        if precision == "int8" and on_gpu:
+            raise BackendUnavailable("onnxruntime int8 is a CPU mode here (use the tensorrt backend on GPU)")
+        if precision == "int8" and calibration is None:
+            raise BackendUnavailable("onnxruntime int8 needs calibration images (calibration=DIR / --calib DIR)")
+        self._ort = ort
+        self.device, self.precision, self.input_size = device, precision, (int(input_size[0]), int(input_size[1]))
+        self.cache = ArtifactCache(cache_dir, "onnx")
+        self.fields = {
+            "arch": source.arch, "size": "{}x{}".format(*self.input_size), "weights_sha256": source.sha256,
+            "variant": output + ("+conf" if with_confidence and output == "labels" else ""),
+            "precision": "int8" if precision == "int8" else "fp32", "graph_format": GRAPH_FORMAT,
+        }
+        if precision == "int8":
+            from ..calib import calibration_digest
+
+            self.fields["calibration"] = calibration_digest(calibration, calibration_limit)
+            self.fields["resize_policy"] = resize_policy
+        self._build_args = dict(source=source, output=output, with_confidence=with_confidence,
+                                calibration=calibration, calibration_limit=calibration_limit,
+                                resize_policy=resize_policy)
+        self.threads = int(threads or 0)
+        self.optimization = optimization
+        self.spin = bool(spin)
+        self.session = self._open(providers)
+        self.outputs = tuple(o.name for o in self.session.get_outputs())
+        active = self.session.get_providers()
+        if on_gpu and not any(p in active for p in GPU_PROVIDERS):
+            raise BackendUnavailable("onnxruntime could not start a GPU provider (active: {})".format(active))
+        self.details = {"providers": ",".join(p.replace("ExecutionProvider", "") for p in active),
+                        "threads": self.threads or "auto", "spin": self.spin, "onnx": self.path.name}
+
+    # -- building -----------------------------------------------------------------------
+    def _providers(self, ort, device: str) -> list:
+        available = ort.get_available_providers()
+        if device.startswith("cuda"):
+            gpu = [p for p in GPU_PROVIDERS if p in available]
+            if not gpu:
+                raise BackendUnavailable("onnxruntime has no CUDA/TensorRT execution provider (available: {})".format(
+                    available))
+            index = int(device.split(":")[1]) if ":" in device else 0
+            out: list = []
+            for p in gpu:
+                opts: Dict[str, object] = {"device_id": index}
+                if p == "TensorrtExecutionProvider":
+                    # The TensorRT provider keeps its own engine cache next to our ONNX cache.
+                    opts.update({"trt_engine_cache_enable": True, "trt_fp16_enable": True,
+                                 "trt_engine_cache_path": str(self._trt_cache_dir())})
+                out.append((p, opts))
+            return out + ["CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def _trt_cache_dir(self) -> Path:
+        from ..cache import cache_dir
+
+        path = cache_dir() / "ort_trt"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _ensure_onnx(self) -> Path:
+        path, reason = self.cache.lookup(self.fields, ".onnx")
+        if path is not None:
+            return path
+        if reason != "missing":
+            LOG.warning("cached ONNX for %s is stale or corrupt (%s); rebuilding", self.fields["arch"], reason)
+            self.cache.discard(self.fields, ".onnx")
+        return self._build()
+
+    def _build(self) -> Path:
+        args = self._build_args
+        source: ModelSource = args["source"]
+        LOG.info("exporting %s %s to ONNX (%s) into %s", source.arch, self.fields["size"], self.fields["precision"],
+                 self.cache.root)
+        fp32_fields = dict(self.fields, precision="fp32")
+        fp32_fields.pop("calibration", None)
+        fp32_fields.pop("resize_policy", None)
+        fp32_path, _ = self.cache.lookup(fp32_fields, ".onnx")
+        if fp32_path is None:
+            data = export_onnx_bytes(source, self.input_size, output=args["output"],
+                                     with_confidence=args["with_confidence"])
+            fp32_path = self.cache.store(fp32_fields, ".onnx", data)
+        if self.fields["precision"] == "fp32":
+            return fp32_path
+        from ..calib import calibration_frames
+        from ..preprocess import pad_colour
+
+        norm = source.card.normalization
+        frames = calibration_frames(args["calibration"], self.input_size, args["resize_policy"],
+                                    norm.channel_order, pad_colour(norm.mean), args["calibration_limit"])
+        tmp = self.cache.temp_path(self.fields, ".onnx")
+        try:
+            quantize_int8(fp32_path, tmp, frames)
+            return self.cache.commit(self.fields, ".onnx", tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _session_options(self):
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        }[self.optimization]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only: the NCHWc notice is noise for users
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        return so
+
+    def _open(self, providers):
+        path = self._ensure_onnx()
+        try:
+            session = self._ort.InferenceSession(str(path), self._session_options(), providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types
+            # A file that verifies but does not load (e.g. written by a broken exporter run):
+            # rebuild once; a second failure is a real error and propagates.
+            LOG.warning("ONNX Runtime could not load cached %s (%s); rebuilding", path.name,
+                        str(exc).splitlines()[0][:200])
+            self.cache.discard(self.fields, ".onnx")
+            path = self._build()
+            session = self._ort.InferenceSession(str(path), self._session_options(), providers=providers)
+        self.path = path
+        return session
+
+    # -- running ------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:  # noqa: D102
+        out = self.session.run(list(self.outputs), {INPUT_NAME: batch})
+        return dict(zip(self.outputs, out))
+
+    def close(self) -> None:  # noqa: D102
+        self.session = None
+
+
+__all__ = ["OnnxRuntimeBackend", "ort_providers", "ort_gpu_available"]

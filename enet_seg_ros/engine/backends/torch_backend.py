@@ -1,0 +1,116 @@
+"""PyTorch backend: BN folded, eval + inference_mode, channels_last, CUDA fp16 / CPU bf16."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Set, Tuple
+
+import numpy as np
+
+from ...nets import fold_batchnorm
+from ..graph import InferenceGraph
+from ..source import ModelSource
+from .base import Backend, BackendUnavailable, check_forced_failure
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA install must not break CPU inference
+        return False
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN can run bf16 convolutions natively (AVX512-BF16 or AMX)."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch with the cheap, exact speed-ups on (and lossy ones on request).
+
+    Args:
+        source: network + card.
+        input_size: (width, height) of the network input.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; ``None`` picks CUDA when present.
+        precision: ``fp32``; ``fp16`` (CUDA, default there); ``bf16`` (CPU with AVX512-BF16 /
+            AMX: lossy, opt-in).
+        channels_last: NHWC memory format. ``None``: on for CUDA (tensor-core kernels want
+            NHWC); on CPU on from 320x180 up (oneDNN is ~2.5x faster in NHWC for ENet at
+            640x360), off for tiny inputs that torch routes to a slow non-oneDNN kernel.
+        threads: set torch's intra-op thread count (process-wide) when given.
+        output / with_confidence: graph outputs (see :class:`InferenceGraph`).
+        fail_backends: names to treat as failing (test / diagnostic hook).
+    """
+
+    name = "torch"
+
+    def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
+                 precision: Optional[str] = None, channels_last: Optional[bool] = None,
+                 threads: Optional[int] = None, output: str = "labels", with_confidence: bool = False,
+                 fail_backends: Optional[Set[str]] = None, **_unused) -> None:
+        super().__init__()
+        import torch
+
+        device = device or ("cuda" if cuda_available() else "cpu")
+        check_forced_failure(self.name, device, fail_backends)
+        if device.startswith("cuda") and not cuda_available():
+            raise BackendUnavailable("torch: CUDA requested but torch.cuda.is_available() is False")
+        on_gpu = device.startswith("cuda")
+        precision = precision or ("fp16" if on_gpu else "fp32")
+        if precision == "int8":
+            raise BackendUnavailable("torch backend has no int8 mode (use onnxruntime or tensorrt)")
+        if precision == "fp16" and not on_gpu:
+            raise BackendUnavailable("torch fp16 needs CUDA; on CPU use bf16 (AVX512-BF16/AMX) or fp32")
+        if precision == "bf16" and not on_gpu and not cpu_has_bf16():
+            raise BackendUnavailable("torch bf16 on CPU needs AVX512-BF16 or AMX, which this CPU lacks")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError("unknown precision {!r}".format(precision))
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device, self.precision, self.input_size = device, precision, tuple(input_size)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        model = fold_batchnorm(source.fresh_model())
+        graph = InferenceGraph(model.to(dtype), source.card, output=output, with_confidence=with_confidence)
+        # mean/factor buffers stay float32: normalisation runs in fp32 before the cast.
+        graph.model.to(device)
+        graph.mean, graph.factor = graph.mean.to(device), graph.factor.to(device)
+        self.graph = graph.eval()
+        self.outputs = tuple(graph.output_names())
+        self._torch = torch
+        if channels_last is None:
+            channels_last = True if on_gpu else self._faster_layout()
+        self.channels_last = bool(channels_last)
+        self.graph.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.details = {"channels_last": self.channels_last, "threads": torch.get_num_threads()}
+
+    def _faster_layout(self) -> bool:
+        """Whether NHWC is the faster CPU layout for this input size (see class docstring).
+
+        torch hands a batch-1, <= 3x3, ungrouped convolution to oneDNN only when its input has
+        more than 20480 elements; below that its fallback kernel is much slower in NHWC than
+        in NCHW. From ~320x180 up every layer of these nets clears the threshold and NHWC wins
+        (measured 2.5x for ENet at 640x360); tiny inputs stay NCHW. A rule rather than a
+        timing at start-up: timings on a loaded CPU picked the wrong layout.
+        """
+        w, h = self.input_size
+        return w * h >= 320 * 180
+
+    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:  # noqa: D102
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            if self.device != "cpu":
+                x = x.pin_memory().to(self.device, non_blocking=True) if batch.nbytes > (1 << 20) else x.to(self.device)
+            if not self.channels_last:
+                # The NHWC -> NCHW view is channels_last already; make it NCHW-contiguous.
+                x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+            out = self.graph(x)
+        if not isinstance(out, tuple):
+            out = (out,)
+        return {name: t.cpu().numpy() for name, t in zip(self.outputs, out)}

@@ -1,0 +1,176 @@
+"""ONNX export of the inference graph and ONNX Runtime int8 quantisation.
+
+Two graph flavours are exported:
+
+- ``full`` (default, used by the ONNX Runtime backend and ``enet-seg export``): the
+  :class:`~enet_seg_ros.engine.graph.InferenceGraph`, uint8 NHWC ``image`` in, uint8
+  ``labels`` (+ ``confidence``) out, the model card in the ONNX metadata.
+- ``network`` (used to build TensorRT engines): the bare network, float32 NCHW normalised
+  ``input`` in, ``logits`` out, static batch 1; normalisation and argmax run in torch on the GPU.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..nets import fold_batchnorm
+from .graph import INPUT_NAME, InferenceGraph
+from .source import ModelSource
+
+LOG = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+OPSET = 17
+CARD_METADATA_KEY = "enet_seg_ros.card"
+
+
+def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour: str = "full",
+                      output: str = "labels", with_confidence: bool = False, dynamic_batch: bool = True) -> bytes:
+    """Serialized ONNX (opset 17, legacy tracer) of the BN-folded network; see module docstring."""
+    import onnx
+    import torch
+
+    w, h = int(input_size[0]), int(input_size[1])
+    model = fold_batchnorm(source.fresh_model())
+    if flavour == "full":
+        module = InferenceGraph(model, source.card, output=output, with_confidence=with_confidence).eval()
+        example = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+        input_names, output_names = [INPUT_NAME], module.output_names()
+    elif flavour == "network":
+        module, example = model, torch.zeros(1, 3, h, w)
+        input_names, output_names = ["input"], ["logits"]
+        dynamic_batch = False
+    else:
+        raise ValueError("unknown ONNX flavour {!r}".format(flavour))
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in input_names + output_names}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about Python ints from shapes (static per export, by design).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buf, opset_version=OPSET, dynamo=False,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+    proto = remove_noop_slices(onnx.load_from_string(buf.getvalue()))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CARD_METADATA_KEY, source.card.to_json()
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "enet_seg_ros.weights_sha256", source.sha256
+    proto.producer_name = "enet_seg_ros"
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def remove_noop_slices(proto):
+    """Drop ``Slice`` nodes whose output has exactly the input's shape.
+
+    The networks crop their padded output back to the input size (``out[:, :, :h, :w]``); for
+    sizes that need no padding that crop is a free view in torch but a full copy of the logits
+    in ONNX Runtime (~2 x 3 ms at 640x360 with 20 classes). Shapes come from ONNX shape
+    inference (symbolic batch dims compare by name), so only provable no-ops are removed.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    consts = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    graph_outputs = {o.name for o in proto.graph.output}
+    rename = {}
+    keep = []
+    for node in proto.graph.node:
+        src = shapes.get(node.input[0]) if node.op_type == "Slice" else None
+        dst = shapes.get(node.output[0]) if node.op_type == "Slice" else None
+        steps = consts.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if (src is not None and src == dst and None not in src and node.output[0] not in graph_outputs
+                and (steps is None or all(int(v) == 1 for v in steps.ravel()))):
+            rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+            continue
+        keep.append(node)
+    if not rename:
+        return proto
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    # Constants that only fed the removed slices go too (ONNX Runtime warns about them).
+    used = {name for node in keep for name in node.input} | graph_outputs
+    keep = [n for n in keep if n.op_type != "Constant" or any(o in used for o in n.output)]
+    unused = [init for init in proto.graph.initializer if init.name not in used]
+    for init in unused:
+        proto.graph.initializer.remove(init)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
+def read_onnx_card(path: PathLike):
+    """The model card stored in an exported ONNX file's metadata (``None`` if absent)."""
+    import onnx
+
+    from ..weights import ModelCard
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for prop in proto.metadata_props:
+        if prop.key == CARD_METADATA_KEY:
+            return ModelCard.from_json(prop.value)
+    return None
+
+
+class _Reader:
+    """ONNX Runtime calibration reader over uint8 NHWC frames (one per batch)."""
+
+    def __init__(self, frames: Iterable[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(frames)
+
+    def get_next(self):
+        frame = next(self._it, None)
+        return None if frame is None else {INPUT_NAME: frame[None]}
+
+    def rewind(self) -> None:  # ONNX Runtime calls this between passes on some versions
+        pass
+
+
+def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.ndarray],
+                  op_types: Optional[Sequence[str]] = None) -> None:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
+
+    ``frames`` are calibration inputs: (H, W, 3) uint8 model-size frames, ideally from the
+    training distribution. Normalisation, argmax and confidence stay in float. Raises
+    ``ValueError`` without frames.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not len(frames):
+        raise ValueError("int8 quantisation needs calibration frames (a folder of training images)")
+    out_path = Path(out_path)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(out_path), _Reader(frames),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(op_types or INT8_OPS),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+# Ops whose int8 kernels pay off on x86 (VNNI / AMX); elementwise ops stay float.
+INT8_OPS = ("Conv", "ConvTranspose")

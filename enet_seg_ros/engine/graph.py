@@ -1,0 +1,82 @@
+"""The inference graph every backend runs: uint8 frames in, uint8 labels out.
+
+Putting normalisation and argmax inside the graph means the host only copies uint8 images in
+and uint8 labels out (4x less memory traffic than float tensors both ways), and the backend
+(ONNX Runtime, TensorRT, torch) fuses the cheap elementwise work with its kernels.
+
+Graph inputs / outputs (names used by ONNX and TensorRT):
+
+- ``image``: (N, H, W, 3) uint8, channel order of the model card (NHWC, as cameras deliver).
+- ``labels``: (N, H, W) uint8 argmax class ids at the network resolution.
+- ``confidence`` (``with_confidence``): (N, H, W) float32 max softmax probability.
+- ``logits`` (``output="logits"``): (N, C, H, W) float32, for cards that ask for bilinear
+  upsampling of logits at the camera resolution.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from ..weights import ModelCard
+
+INPUT_NAME = "image"
+OUTPUTS = ("labels", "confidence", "logits")
+
+
+class InferenceGraph(nn.Module):
+    """Wrap a segmentation network with in-graph normalisation and argmax.
+
+    Args:
+        model: network returning (N, C, H, W) logits (BN already folded for speed).
+        card: model card (normalisation facts).
+        output: ``"labels"`` or ``"logits"``.
+        with_confidence: also return the max softmax probability (``output="labels"`` only).
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard, output: str = "labels",
+                 with_confidence: bool = False) -> None:
+        super().__init__()
+        if output not in ("labels", "logits"):
+            raise ValueError("output must be 'labels' or 'logits', got {!r}".format(output))
+        self.model = model
+        self.output = output
+        self.with_confidence = bool(with_confidence) and output == "labels"
+        norm = card.normalization
+        factor = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32)
+        mean = torch.tensor(list(norm.mean), dtype=torch.float32)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("factor", factor.view(1, 3, 1, 1), persistent=False)
+
+    def output_names(self) -> List[str]:
+        """Names of the graph outputs, in order."""
+        if self.output == "logits":
+            return ["logits"]
+        return ["labels", "confidence"] if self.with_confidence else ["labels"]
+
+    def forward(self, image: torch.Tensor):  # noqa: D102
+        # NHWC -> NCHW is a free view; its strides are exactly channels_last.
+        x = image.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) * self.factor
+        dtype = next(self.model.parameters()).dtype
+        logits = self.model(x.to(dtype))
+        if self.output == "logits":
+            return logits.float()
+        labels = logits.argmax(dim=1).to(torch.uint8)
+        if not self.with_confidence:
+            return labels
+        return labels, _max_softmax(logits.float())
+
+
+def _max_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """max_c softmax(logits)_c = 1 / sum_c exp(l_c - max l): one reduction, no full softmax tensor."""
+    peak = logits.amax(dim=1, keepdim=True)
+    return torch.reciprocal(torch.exp(logits - peak).sum(dim=1))
+
+
+def split_outputs(outputs, graph_outputs: Tuple[str, ...]):
+    """Normalise a backend's raw outputs to a dict keyed by output name."""
+    if not isinstance(outputs, (list, tuple)):
+        outputs = (outputs,)
+    return dict(zip(graph_outputs, outputs))
