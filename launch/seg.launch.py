@@ -5,7 +5,9 @@
     ros2 launch enet_seg_ros seg.launch.py namespace:=left image_topic:=/left/image_raw
 
 All node settings live in ``config/seg.yaml`` (``params_file``); the ``image_topic``,
-``weights`` and ``backend`` arguments override it only when given.
+``weights`` and ``backend`` arguments override it only when given. With Fast DDS (the
+default RMW) and no ``FASTDDS_DEFAULT_PROFILES_FILE`` of your own, the nodes get
+``config/fastdds_shm.xml``: whole camera frames through shared memory (see BENCHMARKS.md).
 """
 import os
 
@@ -35,14 +37,18 @@ def _nodes(context):
     params_file = arg("params_file") or os.path.join(share, "config", "seg.yaml")
     overrides = {name: arg(name) for name in ("image_topic", "weights", "backend") if arg(name)}
     namespace = arg("namespace")
+    env = {}
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ and \
+            os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp":
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = os.path.join(share, "config", "fastdds_shm.xml")
     nodes = [Node(package=PACKAGE, executable="seg_node", name="seg_node", namespace=namespace,
-                  parameters=[params_file, overrides], output="screen", emulate_tty=True)]
+                  parameters=[params_file, overrides], output="screen", emulate_tty=True, additional_env=env)]
     if arg("source") not in ("", "none"):
         source_params = {"source": arg("source"), "loop": True}
         if arg("image_topic"):
             source_params["topic"] = arg("image_topic")
         nodes.append(Node(package=PACKAGE, executable="image_source", name="image_source", namespace=namespace,
-                          parameters=[source_params], output="screen", emulate_tty=True))
+                          parameters=[source_params], output="screen", emulate_tty=True, additional_env=env))
     if arg("use_rviz").lower() in ("true", "1", "yes"):
         nodes.append(Node(package="rviz2", executable="rviz2", name="rviz2", namespace=namespace,
                           arguments=["-d", os.path.join(share, "config", "seg.rviz")], output="screen"))

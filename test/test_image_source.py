@@ -19,9 +19,10 @@ from rclpy.serialization import serialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from enet_seg_ros.ros.image_conv import array_to_compressed, array_to_image, compressed_to_color, image_to_rgb  # noqa: E402
-from enet_seg_ros.ros.image_source import (SourceError, _make_node_class, nominal_camera_info, open_source,  # noqa: E402
-                                           parse_synthetic)
+from enet_seg_ros.ros.image_conv import (array_to_compressed, array_to_image,  # noqa: E402
+                                         compressed_to_color, image_to_rgb)
+from enet_seg_ros.ros.image_source import (ImageSource, SourceError,  # noqa: E402
+                                           nominal_camera_info, open_source, parse_synthetic)
 from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def _run_source(params, topic="/src_test/image_raw", msg_type=Image, timeout=30.
         ros.probe.create_subscription(msg_type, topic + ("/compressed" if msg_type is CompressedImage else ""),
                                       lambda m: arrivals.append(time.monotonic()), ros.qos("reliable", 50))
         infos = ros.collect(CameraInfo, topic.rsplit("/", 1)[0] + "/camera_info")
-        node = ros.add(_make_node_class()(context=ros.context, parameter_overrides=[
+        node = ros.add(ImageSource(context=ros.context, parameter_overrides=[
             Parameter(k, value=v) for k, v in params.items()]))
         node.start()
         assert wait_until(node.done.is_set, timeout), "source did not finish"

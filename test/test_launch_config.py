@@ -37,7 +37,8 @@ def test_launch_file_compiles_and_declares_its_arguments(tmp_path):
     py_compile.compile(str(LAUNCH), cfile=str(tmp_path / "seg.launch.pyc"), doraise=True)
     assert _launch_arguments() == REQUIRED_ARGS
     text = LAUNCH.read_text()
-    for needed in ("launch_ros.actions", "FindPackageShare", "seg.rviz", "seg.yaml", "image_source", "rviz2"):
+    for needed in ("launch_ros.actions", "FindPackageShare", "seg.rviz", "seg.yaml", "image_source", "rviz2",
+                   "fastdds_shm.xml"):
         assert needed in text
 
 
@@ -91,6 +92,15 @@ def test_rviz_config_shows_input_overlay_and_colour():
     topics = {d["Name"]: d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
     assert topics == {"Camera": "/camera/image_raw", "Overlay": "/seg_node/overlay", "Classes": "/seg_node/color"}
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in displays)
+
+
+def test_fastdds_profile_is_valid_xml_with_a_big_shared_memory_segment():
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(str(REPO / "config" / "fastdds_shm.xml")).getroot()
+    ns = {"d": "http://www.eprosima.com"}
+    sizes = [int(e.text) for e in root.iterfind(".//d:transport_descriptor/d:segment_size", ns)]
+    assert sizes and min(sizes) >= 4 * 640 * 360 * 3  # several whole 640x360 rgb8 frames
 
 
 def test_setup_installs_launch_and_config():

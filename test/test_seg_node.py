@@ -101,9 +101,27 @@ def test_every_frame_gives_four_outputs_with_its_header(weights, reference, fram
             pub = ros.publisher(Image, topic)
             msgs = [array_to_image(np.ascontiguousarray(f if encoding == "rgb8" else f[:, :, ::-1]), encoding,
                                    _header(i)) for i, f in enumerate(frames)]
+        diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
         assert ros.wait_matched(pub)
         _run_lockstep(ros, pub, out, msgs)
         assert node.stats.processed == N_FRAMES and node.stats.dropped == 0 and node.stats.bad_frames == 0
+        mine = "/{}: segmentation".format(name)
+
+        def final_diagnostics():  # the 1 Hz report that has seen every frame
+            for d in list(diagnostics):
+                for s in d.status:
+                    values = {kv.key: kv.value for kv in s.values}
+                    if s.name == mine and values.get("frames_processed") == str(N_FRAMES):
+                        return values
+            return None
+
+        assert wait_until(lambda: final_diagnostics() is not None, 5.0)
+    values = final_diagnostics()
+    for key in ("input_rate_hz", "output_rate_hz", "latency_p50_ms", "latency_p95_ms", "latency_max_ms",
+                "dropped_frames", "bad_frames", "backend", "model"):
+        assert key in values, key
+    assert values["backend"] == reference.backend_name and values["model"] == "enet camvid"
+    assert float(values["latency_p50_ms"]) > 0 and values["dropped_frames"] == "0"
 
     names = reference.class_names
     for i, (frame, msg) in enumerate(zip(frames, msgs)):

@@ -199,6 +199,18 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         assert node.stats.dropped >= 10
 
 
+def test_extras_are_computed_only_for_subscribers_unless_forced(weights):
+    with RosHarness() as ros:
+        node = ros.add(SegNode(node_name="seg_lazy", context=ros.context, parameter_overrides=[
+            Parameter("weights", value=str(weights)), Parameter("image_topic", value="/lazy/image_raw")]))
+        assert not node._wanted(node.pub_overlay, "publish_overlay")  # nobody listens: not computed
+        ros.collect(Image, "/seg_lazy/overlay")
+        assert ros.wait_matched(node.pub_overlay)
+        assert node._wanted(node.pub_overlay, "publish_overlay") and not node._wanted(node.pub_color, "publish_color")
+        node.set_parameters([Parameter("force_outputs", value=True)])
+        assert node._wanted(node.pub_color, "publish_color")
+
+
 # -- pure helpers ----------------------------------------------------------------------------
 def test_every_parameter_is_documented_and_validated():
     assert len(PARAM_TABLE) == len(PARAMS)

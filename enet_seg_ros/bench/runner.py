@@ -193,18 +193,21 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
             results.append(_record(base, EAGER, "fp32", "cpu", t_bare, t_e2e, eager_ms, peak, {}))
             say(_line(results[-1]))
             reference: Dict[int, np.ndarray] = {}
-            for backend in config.backends:
+            for backend_spec in config.backends:
+                # "torch+compile" = the torch backend with torch.compile (opt-in, slow first start).
+                backend, _, flavour = backend_spec.partition("+")
+                extra = {"compile": True} if flavour == "compile" else {}
                 for precision in config.precisions:
                     prec = None if precision == "default" else precision
-                    label = "{}/{}/{}x{}".format(backend, precision, w, h)
+                    label = "{}/{}/{}x{}".format(backend_spec, precision, w, h)
                     try:
                         seg = Segmenter(source, backend=backend, device=config.device, precision=prec,
                                         input_size=size, resize_policy="stretch", threads=config.threads,
                                         cache_dir=config.cache_dir, calibration=config.calibration,
-                                        strict=backend != "auto", warmup=1)
+                                        strict=backend != "auto", warmup=1, **extra)
                     except Exception as exc:  # unavailable backend / precision on this machine
                         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                        skipped.append({"arch": arch, "backend": backend, "precision": precision,
+                        skipped.append({"arch": arch, "backend": backend_spec, "precision": precision,
                                         "width": w, "height": h, "reason": reason})
                         say("skip {} {}: {}".format(arch, label, reason))
                         continue
@@ -220,8 +223,8 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
                     details = {k: str(v) for k, v in seg.backend.details.items()}
                     if backend == "auto":
                         details["requested"] = "auto"
-                    rec = _record(base, seg.backend_name, seg.precision, seg.device, t_bare, t_e2e, eager_ms, peak,
-                                  details)
+                    name = seg.backend_name + ("+compile" if seg.backend.details.get("compiled") else "")
+                    rec = _record(base, name, seg.precision, seg.device, t_bare, t_e2e, eager_ms, peak, details)
                     if agreement_files:
                         rec.update(_agreement(seg, eager, agreement_files, size, reference))
                     results.append(rec)

@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights file (repeatable, one per arch; its card gives the arch). Archs without "
                         "weights use randomly initialised networks: speed does not depend on weight values")
     p.add_argument("--backend", default="all",
-                   help="auto, torch, onnxruntime, tensorrt or all (comma list allowed); fp32 eager PyTorch "
-                        "is always measured as the baseline")
+                   help="auto, torch, torch+compile (torch.compile, slow first start), onnxruntime, tensorrt "
+                        "or all (comma list allowed); fp32 eager PyTorch is always measured as the baseline")
     p.add_argument("--precision", default="default",
                    help="default (each backend's own), or a comma list of fp32,fp16,bf16,int8; "
                         "'all' = default + bf16 + int8. Unsupported combinations are skipped")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("unknown arch {!r}; expected one of {} or all".format(arch, list_archs()))
     backends = list(BACKENDS) if args.backend == "all" else _split(args.backend)
     for b in backends:
-        if b not in BACKENDS + ("auto",):
+        if b not in BACKENDS + ("auto", "torch+compile"):
             raise ValueError("unknown backend {!r}; expected auto, {} or all".format(b, ", ".join(BACKENDS)))
     precisions = ["default", "bf16", "int8"] if args.precision == "all" else _split(args.precision)
     for prec in precisions:

@@ -11,5 +11,8 @@ This sub-package is the only place that imports rclpy and ROS message types. Mod
 - :mod:`.image_source`: publishes frames from an image folder, a video, a ROS 2 bag or a
   synthetic scene generator.
 - :mod:`.scenes`: the synthetic road-like scene generator used by the demo and the tests.
+- :mod:`.runner`: process entry: start-up errors -> exit code 2, clean SIGINT / SIGTERM.
 - :mod:`.demo`: ``make demo``.
+- :mod:`.bench`: transport (QoS) and node-vs-bare benchmarks for BENCHMARKS.md.
+- :mod:`.testing`: an rclpy test harness (own context, spinning executor, probe node).
 """

@@ -123,7 +123,8 @@ def bench_qos(rates: Sequence[float], frames: int, size: str = "640x360") -> Lis
             probe.close()
             lat = [1000 * (t - s) for t, s in got]
             rows.append({"rate_hz": rate, "reliability": reliability, "sent": frames, "received": len(got),
-                         "delivered_pct": round(100.0 * len(got) / frames, 1), "latency_p50_ms": round(_pct(lat, 50), 2),
+                         "delivered_pct": round(100.0 * len(got) / frames, 1),
+                         "latency_p50_ms": round(_pct(lat, 50), 2),
                          "latency_p95_ms": round(_pct(lat, 95), 2),
                          "latency_max_ms": round(max(lat), 2) if lat else float("nan")})
             print(json.dumps(rows[-1]), flush=True)
@@ -277,7 +278,8 @@ def bench_node(weights: str, backend: str, seconds: float, rounds: int = 3) -> D
             labels_only = node_window()
             rows.append({"bare_fps": bare, "bare_p50_ms": bare_run["p50_ms"],
                          "all_outputs": all_out, "labels_only": labels_only,
-                         "ratio_all_pct": 100 * all_out["fps"] / bare, "ratio_labels_pct": 100 * labels_only["fps"] / bare})
+                         "ratio_all_pct": 100 * all_out["fps"] / bare,
+                         "ratio_labels_pct": 100 * labels_only["fps"] / bare})
             print(json.dumps(rows[-1]), flush=True)
         # Unsaturated: one frame at a time, so nothing waits in the buffer.
         outputs(True)

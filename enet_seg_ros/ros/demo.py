@@ -9,7 +9,8 @@ A few overlay PNGs and a ``summary.json`` are written to ``--out``.
     python -m enet_seg_ros.ros.demo --source /data/drive.mp4 --frames 200 --rate 15
 
 The demo talks on its own DDS domain, restricted to this host, unless ``ROS_DOMAIN_ID`` /
-``ROS_AUTOMATIC_DISCOVERY_RANGE`` are set, so it never mixes with a running robot.
+``ROS_AUTOMATIC_DISCOVERY_RANGE`` are set, so it never mixes with a running robot; with
+Fast DDS it uses ``config/fastdds_shm.xml`` unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set.
 """
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+# Fast DDS profile with a shared-memory segment that holds whole camera frames.
+FASTDDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -83,6 +87,25 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> Optional[int]:
     return proc.returncode
 
 
+def demo_environment() -> Dict[str, str]:
+    """Environment for the demo's processes (also applied to this one).
+
+    Its own DDS domain on this host only, and, with Fast DDS, a shared-memory segment big
+    enough for whole 640x360 rgb8 frames (the default 512 KB is not: such frames then go
+    through UDP loopback in fragments; see BENCHMARKS.md). Variables already set win.
+    """
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp" and FASTDDS_PROFILE.is_file():
+        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+    env["PYTHONUNBUFFERED"] = "1"
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        if key in env:
+            os.environ[key] = env[key]
+    return env
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     from ..weights import WeightsError, default_weights_path, read_card
@@ -100,11 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env["PYTHONUNBUFFERED"] = "1"
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    env = demo_environment()
     print("demo: model {} ({} {}x{}), source {}, {} frames at {:g} Hz, ROS_DOMAIN_ID={}".format(
         weights, card.arch, card.input_size[0], card.input_size[1], source, args.frames, args.rate,
         env["ROS_DOMAIN_ID"]), flush=True)
@@ -132,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         received.append((time.time(), stamp, msg if len(received) in keep else None))
 
-    node.create_subscription(Image, "/seg_node/overlay", on_overlay, image_qos("best_effort", 5))
+    node.create_subscription(Image, "/seg_node/overlay", on_overlay, image_qos("reliable", 5))
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.append(m), 10)
     spinning = threading.Event()
     spinning.set()

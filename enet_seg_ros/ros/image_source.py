@@ -225,7 +225,8 @@ def parse_synthetic(spec: str) -> Tuple[int, int, int]:
         if len(parts) > 3:
             raise ValueError(spec)
     except ValueError:
-        raise SourceError("synthetic source must look like synthetic[:WIDTHxHEIGHT[:N]], got {!r}".format(spec)) from None
+        raise SourceError("synthetic source must look like synthetic[:WIDTHxHEIGHT[:N]], got {!r}".format(
+            spec)) from None
     return width, height, count
 
 
@@ -444,6 +445,17 @@ def _make_node_class():
     return ImageSource
 
 
+_NODE_CLASS = None
+
+
+def ImageSource(*args, **kwargs):  # noqa: N802 - reads like the class it builds
+    """Create an ``image_source`` node (rclpy must be initialised); ``start()`` publishes."""
+    global _NODE_CLASS
+    if _NODE_CLASS is None:
+        _NODE_CLASS = _make_node_class()
+    return _NODE_CLASS(*args, **kwargs)
+
+
 def _encode(rgb: np.ndarray, encoding: str) -> Tuple[np.ndarray, str]:
     """RGB pixels in one of :data:`RAW_OUT_ENCODINGS`."""
     import cv2
@@ -472,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         node.get_logger().info("published {} frames".format(node.published))
         return 0 if node.cfg["exit_when_done"] else None
 
-    return run_node("image_source", lambda: _make_node_class()(), spin, argv)
+    return run_node("image_source", ImageSource, spin, argv)
 
 
 if __name__ == "__main__":

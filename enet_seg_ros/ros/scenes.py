@@ -41,7 +41,8 @@ def render_scene(index: int, width: int = 640, height: int = 360, seed: int = 0)
 
     # Sky: vertical blue gradient.
     t = np.linspace(0.0, 1.0, horizon + 1)[:, None]
-    img[: horizon + 1] = (np.array([90, 140, 210]) * (1 - t) + np.array([185, 205, 230]) * t)[:, None, :].astype(np.uint8)
+    sky = np.array([90, 140, 210]) * (1 - t) + np.array([185, 205, 230]) * t
+    img[: horizon + 1] = sky[:, None, :].astype(np.uint8)
     lab[: horizon + 1] = SKY
     # Buildings: a row of blocks with windows, scrolling.
     period = int(1.6 * w)
@@ -65,7 +66,8 @@ def render_scene(index: int, width: int = 640, height: int = 360, seed: int = 0)
         cv2.circle(lab, (cx, cy), int(0.07 * h), TREE, -1)
     # Road and sidewalks (perspective trapezoids).
     vanish = w * 0.5
-    fill([(vanish - 0.04 * w, horizon), (vanish + 0.04 * w, horizon), (w * 1.05, h), (-0.05 * w, h)], (75, 75, 80), ROAD)
+    fill([(vanish - 0.04 * w, horizon), (vanish + 0.04 * w, horizon), (w * 1.05, h), (-0.05 * w, h)],
+         (75, 75, 80), ROAD)
     fill([(0, horizon), (vanish - 0.04 * w, horizon), (-0.05 * w, h), (0, h)], (170, 165, 155), SIDEWALK)
     fill([(vanish + 0.04 * w, horizon), (w, horizon), (w, h), (w * 1.05, h)], (170, 165, 155), SIDEWALK)
     # Fence on the right sidewalk.
@@ -77,7 +79,8 @@ def render_scene(index: int, width: int = 640, height: int = 360, seed: int = 0)
         y0 = horizon + (h - horizon) * depth ** 2
         y1 = horizon + (h - horizon) * min(1.0, (depth + 0.05)) ** 2
         half0, half1 = 1 + 0.01 * w * depth, 1 + 0.01 * w * min(1.0, depth + 0.05)
-        fill([(vanish - half0, y0), (vanish + half0, y0), (vanish + half1, y1), (vanish - half1, y1)], (235, 235, 225), ROAD)
+        fill([(vanish - half0, y0), (vanish + half0, y0), (vanish + half1, y1), (vanish - half1, y1)],
+             (235, 235, 225), ROAD)
     # Poles with a sign.
     for k in range(2):
         px = int((w * 0.1 + k * w * 0.55 - shift) % (1.2 * w))

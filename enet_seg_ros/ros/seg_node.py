@@ -60,7 +60,8 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("output_resolution", "camera", "camera: outputs at the camera's size; model: at the network's size "
               "(and a scaled CameraInfo on ~/camera_info)", choices=("camera", "model")),
     # Input.
-    ParamSpec("image_topic", "/camera/image_raw", "input image topic (CameraInfo is read from its sibling camera_info)"),
+    ParamSpec("image_topic", "/camera/image_raw",
+              "input image topic (CameraInfo is read from its sibling camera_info)"),
     ParamSpec("compressed", False, "subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed"),
     ParamSpec("qos_reliability", "reliable", "reliability of the image subscription: reliable (whole frames; "
               "needs a reliable camera publisher) or best_effort (sensor-data profile; also takes best-effort "

@@ -1,6 +1,7 @@
 """PyTorch backend: BN folded, eval + inference_mode, channels_last, CUDA fp16 / CPU bf16."""
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
@@ -9,6 +10,8 @@ from ...nets import fold_batchnorm
 from ..graph import InferenceGraph
 from ..source import ModelSource
 from .base import Backend, BackendUnavailable, check_forced_failure
+
+LOG = logging.getLogger(__name__)
 
 
 def cuda_available() -> bool:
@@ -44,6 +47,11 @@ class TorchBackend(Backend):
             NHWC); on CPU on from 320x180 up (oneDNN is ~2.5x faster in NHWC for ENet at
             640x360), off for tiny inputs that torch routes to a slow non-oneDNN kernel.
         threads: set torch's intra-op thread count (process-wide) when given.
+        compile: ``torch.compile`` the graph (inductor, weights frozen): fuses the elementwise
+            work around the convolutions (BN after concat, PReLU, adds, normalisation, argmax)
+            into generated kernels. Opt-in: the first start compiles for 10-40 s on a 2-core
+            CPU (later starts reuse inductor's on-disk cache) and needs a C++ compiler; if
+            compilation fails the backend logs a warning and runs uncompiled.
         output / with_confidence: graph outputs (see :class:`InferenceGraph`).
         fail_backends: names to treat as failing (test / diagnostic hook).
     """
@@ -53,7 +61,7 @@ class TorchBackend(Backend):
     def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
                  precision: Optional[str] = None, channels_last: Optional[bool] = None,
                  threads: Optional[int] = None, output: str = "labels", with_confidence: bool = False,
-                 fail_backends: Optional[Set[str]] = None, **_unused) -> None:
+                 fail_backends: Optional[Set[str]] = None, compile: bool = False, **_unused) -> None:
         super().__init__()
         import torch
 
@@ -87,7 +95,25 @@ class TorchBackend(Backend):
             channels_last = True if on_gpu else self._faster_layout()
         self.channels_last = bool(channels_last)
         self.graph.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self._run = self.graph
+        self.compiled = bool(compile) and self._compile()
         self.details = {"channels_last": self.channels_last, "threads": torch.get_num_threads()}
+        if self.compiled:
+            self.details["compiled"] = True
+
+    def _compile(self) -> bool:
+        """Compile the graph and run it once (compilation happens on the first call)."""
+        torch = self._torch
+        w, h = self.input_size
+        try:
+            self._run = torch.compile(self.graph, dynamic=False, options={"freezing": True})
+            self.infer(np.zeros((1, h, w, 3), np.uint8))
+            return True
+        except Exception as exc:  # no C++ compiler, unsupported op, inductor bug...
+            LOG.warning("torch.compile failed (%s); running the graph uncompiled",
+                        str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
+            self._run = self.graph
+            return False
 
     def _faster_layout(self) -> bool:
         """Whether NHWC is the faster CPU layout for this input size (see class docstring).
@@ -110,7 +136,7 @@ class TorchBackend(Backend):
             if not self.channels_last:
                 # The NHWC -> NCHW view is channels_last already; make it NCHW-contiguous.
                 x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
-            out = self.graph(x)
+            out = self._run(x)
         if not isinstance(out, tuple):
             out = (out,)
         return {name: t.cpu().numpy() for name, t in zip(self.outputs, out)}

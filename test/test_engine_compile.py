@@ -1,0 +1,31 @@
+"""Opt-in ``torch.compile`` path of the torch backend (slow to compile: kept in its own file)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from enet_seg_ros.data.labels import get_label_spec
+from enet_seg_ros.engine import Segmenter
+from enet_seg_ros.nets import build_model
+from enet_seg_ros.weights import ModelCard
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.timeout(300)
+def test_compiled_torch_backend_matches_eager():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile needs a C++ compiler")
+    torch.manual_seed(0)
+    model = build_model("espnet", 11).eval()
+    card = ModelCard.for_dataset("espnet", get_label_spec("camvid"), [96, 64])
+    frame = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    plain = Segmenter((model, card), backend="torch", warmup=0)
+    compiled = Segmenter((model, card), backend="torch", compile=True, confidence=False, warmup=0)
+    assert compiled.backend.details.get("compiled") is True
+    a, b = plain.segment(frame).labels, compiled.segment(frame).labels
+    assert a.shape == b.shape == (64, 96)
+    assert np.mean(a == b) >= 0.999
