@@ -47,7 +47,14 @@ def to_markdown(report: Dict[str, Any]) -> str:
     for rec in report["results"]:
         lines.append("| " + " | ".join(_cell(key, rec) for key, _ in COLUMNS) + " |")
     if report.get("skipped"):
+        # One line per (backend, precision, reason): the same reason repeats for every arch / size.
+        groups: Dict[tuple, List[str]] = {}
+        for s in report["skipped"]:
+            reason = s["reason"].split(": ")[-1] if ": " in s["reason"] else s["reason"]
+            groups.setdefault((s["backend"], s["precision"], reason), []).append(
+                "{} {}x{}".format(s["arch"], s["width"], s["height"]))
         lines.append("")
-        lines.append("Skipped: " + "; ".join("{} {} {} {}x{}: {}".format(
-            s["arch"], s["backend"], s["precision"], s["width"], s["height"], s["reason"]) for s in report["skipped"]))
+        lines.append("Skipped (not available here):")
+        for (backend, precision, reason), where in groups.items():
+            lines.append("- {} {}: {} ({})".format(backend, precision, reason, ", ".join(where)))
     return "\n".join(lines) + "\n"
