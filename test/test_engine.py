@@ -93,7 +93,11 @@ def test_torch_and_onnxruntime_agree_on_a_camvid_frame(tmp_path, cache, camvid_r
     assert a.labels.shape == b.labels.shape == frame_bgr.shape[:2]
     agree = float(np.mean(a.labels == b.labels))
     assert agree >= 0.999, "torch vs onnxruntime labels agree on only {:.4%} of pixels".format(agree)
-    assert np.abs(a.confidence - b.confidence).max() < 1e-3
+    # fp32 kernels differ (oneDNN vs MLAS): softmax confidences agree to float noise almost
+    # everywhere; a handful of pixels near decision ties may differ by a few 1e-3.
+    diff = np.abs(a.confidence - b.confidence)
+    assert float(np.quantile(diff, 0.999)) < 1e-3
+    assert float(diff.max()) < 1e-2
     # A real model on a real frame predicts several classes, not a constant map.
     assert len(a.present_classes()) >= 3
 
