@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
+from .eval_dir import add_report_arguments
 
 LOG = logging.getLogger(__name__)
 
@@ -45,17 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mono16 instance-id topic for Cityscapes iIoU (default {} when present)".format(
                             DEFAULT_INSTANCES_TOPIC))
     parser.add_argument("--no-instances", action="store_true", help="do not read instance images (no iIoU)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
-    parser.add_argument("--resize-gt", default=None, choices=("nearest",),
-                        help="resize ground truth of another size to the frame (default: that is an error)")
-    parser.add_argument("--save-predictions", action="store_true",
-                        help="write <stamp>_labelIds.png and <stamp>_color.png per frame to OUT/predictions")
-    parser.add_argument("--throughput", action="store_true",
-                        help="also time bare inference on the bag's frames and record eval / bare fps")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
-                        help="threads decoding frames and ground truth ahead of the model (default: min(4, CPUs))")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
+    add_report_arguments(parser, "<stamp>")
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the bag; returns 0 (errors raise with a message naming bag / topic / stamp)."""

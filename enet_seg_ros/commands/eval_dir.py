@@ -29,12 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for the backend (default: one per core)")
+    parser.add_argument("--no-instances", action="store_true", help="Cityscapes: skip iIoU")
+    add_report_arguments(parser, "<name>")
+
+def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
+    """Flags shared by eval-dir and eval-bag: report folder, GT resizing, predictions, pipeline.
+
+    ``item`` names what a saved prediction is called after (``<stamp>`` or ``<name>``).
+    """
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
     parser.add_argument("--resize-gt", default=None, choices=("nearest",),
                         help="resize ground truth of another size to the frame (default: that is an error)")
-    parser.add_argument("--no-instances", action="store_true", help="Cityscapes: skip iIoU")
     parser.add_argument("--save-predictions", action="store_true",
-                        help="write <name>_labelIds.png and <name>_color.png per frame to OUT/predictions")
+                        help="write {0}_labelIds.png and {0}_color.png per frame to OUT/predictions".format(item))
     parser.add_argument("--throughput", action="store_true",
                         help="also time bare inference on the same frames and record eval / bare fps")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
