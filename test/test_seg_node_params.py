@@ -145,14 +145,17 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         assert client.wait_for_services(timeout_sec=20.0)
         counter = [0]
 
-        def send() -> int:
+        def send(*expect) -> int:
             counter[0] += 1
             header = Header(frame_id="cam")
             header.stamp.sec = 2000 + counter[0]
             pub.publish(array_to_image(FRAME, "rgb8", header))
             key = stamp_key(header)
             assert wait_until(lambda: any(stamp_key(m.header) == key for m in labels), 20.0)
-            time.sleep(0.2)  # colour / overlay are published right after the labels
+            # Colour / overlay follow the labels from the output thread: wait for the expected ones,
+            # then a little longer so an output that must be absent would have arrived with them.
+            assert wait_until(lambda: all(find(b, key) is not None for b in expect), 20.0)
+            time.sleep(0.2)
             return key
 
         def find(bucket, key):
@@ -162,7 +165,7 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         # overlay_alpha: accepted values change the overlay, invalid ones are refused with a reason.
         (ok,) = _set(client, overlay_alpha=0.2)
         assert ok.successful
-        key = send()
+        key = send(overlay)
         got = np.frombuffer(find(overlay, key).data, np.uint8).reshape(FRAME.shape)
         assert np.abs(got.astype(int) - ref.overlay(FRAME, 0.2)).max() <= 1
         (bad,) = _set(client, overlay_alpha=1.5)
@@ -171,10 +174,10 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         # Publish toggles.
         (ok,) = _set(client, publish_color=False)
         assert ok.successful
-        key = send()
+        key = send(overlay)
         assert find(color, key) is None and find(overlay, key) is not None
         assert all(r.successful for r in _set(client, publish_color=True, publish_overlay=False))
-        key = send()
+        key = send(color)
         assert find(color, key) is not None and find(overlay, key) is None
         # Wrong types and read-only parameters are refused.
         (bad,) = _set(client, publish_color="yes")
