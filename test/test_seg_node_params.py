@@ -192,13 +192,16 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         (ok,) = _set(client, max_rate_hz=2.0)
         assert ok.successful
         before = node.stats.processed
+        started = time.monotonic()
         for i in range(20):
             header = Header(frame_id="cam")
             header.stamp.sec = 3000 + i
             pub.publish(array_to_image(FRAME, "rgb8", header))
             time.sleep(0.05)
         time.sleep(0.6)
-        assert 1 <= node.stats.processed - before <= 4
+        # At most 2 per second of the time the frames actually took to send (slower when loaded).
+        elapsed = time.monotonic() - started
+        assert 1 <= node.stats.processed - before <= 2.0 * elapsed + 1
         assert node.stats.dropped >= 10
 
 
