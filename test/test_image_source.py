@@ -85,7 +85,9 @@ def test_video_frames_at_the_video_rate(tmp_path):
     assert len(images) == 6 and images[0].encoding == "bgr8"
     for got, want in zip(images, frames):
         assert np.abs(image_to_rgb(got).astype(int) - want).mean() < 12  # MJPG is lossy
-    assert 0.15 <= arrivals[-1] - arrivals[0] <= 1.5  # 5 gaps of 50 ms
+    # 5 gaps of 50 ms: the lower bound proves pacing at the video rate; the upper one only
+    # catches a stall (receive times stretch on a loaded machine).
+    assert 0.15 <= arrivals[-1] - arrivals[0] <= 5.0
 
 
 def _write_bag(path: Path, frames, stamps_s, receive_s):
