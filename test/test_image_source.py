@@ -124,7 +124,9 @@ def test_bag_raw_and_compressed_topics_keep_recorded_headers_and_timing(tmp_path
     for got, want in zip(images, frames):
         assert np.array_equal(image_to_rgb(got), want)
     assert [stamp_key(i.header) for i in infos] == [stamp_key(m.header) for m in images]
-    assert 0.3 <= arrivals[-1] - arrivals[0] <= 1.5  # recorded gaps: 3 x 150 ms
+    # Recorded gaps 3 x 150 ms: the lower bound proves the bag timing is kept; the upper one only
+    # catches a stall (receive times stretch on a loaded machine).
+    assert 0.3 <= arrivals[-1] - arrivals[0] <= 5.0
 
     # The compressed topic is decoded to raw images (PNG: lossless), restamped on request.
     node, images, _, _ = _run_source({"source": str(bag), "bag_topic": "/cam/image_raw/compressed",
