@@ -39,3 +39,20 @@ def camvid_root() -> Path:
 def espnet_reference() -> Path:
     """Published ESPNet checkpoints and two Cityscapes frames."""
     return _shared("espnet_reference")
+
+
+@pytest.fixture(scope="session")
+def small_enet_weights(tmp_path_factory) -> Path:
+    """A small random ENet for the ROS node tests, made once per test session.
+
+    Also points ``ENET_SEG_CACHE`` at the session's temp dir so exported graphs never touch the
+    user's cache.
+    """
+    from enet_seg_ros.ros.testing import make_test_weights
+
+    base = tmp_path_factory.getbasetemp()
+    os.environ["ENET_SEG_CACHE"] = str(base / "enet_seg_cache")
+    path = base / "ros_weights" / "enet_small.safetensors"
+    if not path.is_file():
+        make_test_weights(path)
+    return path

@@ -200,6 +200,9 @@ def test_unpool_matches_torch_including_ties():
     assert torch.equal(local_to_flat_indices(argmax, x.shape[-1]), ref_indices)
     y = torch.randn_like(values)  # decoder features differ from the pooled values
     assert torch.equal(max_unpool2x2(y, argmax), unpool(y, ref_indices, output_size=x.shape))
+    # The torch backend runs channels_last: same values and indices there.
+    values_cl, argmax_cl = max_pool2x2_with_argmax(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(values_cl, ref_values) and torch.equal(argmax_cl, argmax)
     # All-equal windows and negative values.
     x = -torch.ones(1, 1, 4, 4)
     values, argmax = max_pool2x2_with_argmax(x)

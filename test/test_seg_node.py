@@ -5,7 +5,6 @@ outputs are received by a separate node; the reference is a Segmenter on the sam
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,15 @@ from enet_seg_ros.ros.image_conv import array_to_compressed, array_to_image, com
 from enet_seg_ros.ros.image_source import nominal_camera_info  # noqa: E402
 from enet_seg_ros.ros.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import SegNode  # noqa: E402
-from enet_seg_ros.ros.testing import RosHarness, make_test_weights, stamp_key, wait_until  # noqa: E402
+from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
 
 W, H = 640, 360
 N_FRAMES = 30
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A small random ENet (shared by the ROS test modules through pytest's base temp dir)."""
-    base = tmp_path_factory.getbasetemp()
-    os.environ["ENET_SEG_CACHE"] = str(base / "enet_seg_cache")  # exported graphs: per test session
-    path = base / "ros_weights" / "enet_small.safetensors"
-    if not path.is_file():
-        make_test_weights(path)
-    return path
+def weights(small_enet_weights: Path) -> Path:
+    return small_enet_weights
 
 
 @pytest.fixture(scope="module")

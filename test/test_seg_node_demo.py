@@ -13,19 +13,13 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("rclpy")
 pytest.importorskip("onnxruntime")
 
-from enet_seg_ros.ros.testing import make_test_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    os.environ["ENET_SEG_CACHE"] = str(base / "enet_seg_cache")
-    path = base / "ros_weights" / "enet_small.safetensors"
-    if not path.is_file():
-        make_test_weights(path)
-    return path
+def weights(small_enet_weights: Path) -> Path:
+    return small_enet_weights
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess:

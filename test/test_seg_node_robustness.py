@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -26,19 +25,14 @@ from enet_seg_ros.engine import Segmenter  # noqa: E402
 from enet_seg_ros.ros.image_conv import array_to_compressed, array_to_image  # noqa: E402
 from enet_seg_ros.ros.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import SegNode  # noqa: E402
-from enet_seg_ros.ros.testing import RosHarness, make_test_weights, stamp_key, wait_until  # noqa: E402
+from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
 
 FRAME = render_scene(3, 320, 240)[0]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    os.environ["ENET_SEG_CACHE"] = str(base / "enet_seg_cache")
-    path = base / "ros_weights" / "enet_small.safetensors"
-    if not path.is_file():
-        make_test_weights(path)
-    return path
+def weights(small_enet_weights: Path) -> Path:
+    return small_enet_weights
 
 
 def _header(i: int) -> Header:

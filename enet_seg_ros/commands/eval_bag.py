@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from .eval_dir import add_report_arguments
+
+from .common_args import add_report_arguments, add_segmenter_arguments
 
 LOG = logging.getLogger(__name__)
 
@@ -25,12 +26,7 @@ DEFAULT_INSTANCES_TOPIC = "/camera/instances_gt"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the eval-bag options."""
     parser.add_argument("bag", type=Path, metavar="BAG", help="rosbag2 folder (or its .db3 / .mcap file)")
-    parser.add_argument("--weights", required=True, metavar="W", help="weights file (.safetensors with model card)")
-    parser.add_argument("--backend", default="auto", metavar="B", help="auto, torch, onnxruntime or tensorrt")
-    parser.add_argument("--device", default=None, help="backend device (e.g. cpu, cuda:0)")
-    parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for the backend (default: one per core)")
+    add_segmenter_arguments(parser)
     parser.add_argument("--dataset", default=None, choices=("cityscapes", "camvid"),
                         help="label ids of the ground truth (default: the model card's dataset)")
     parser.add_argument("--image-topic", default=None, metavar="T",

@@ -19,6 +19,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .common_args import add_dataset_folder_arguments
+
 LOG = logging.getLogger(__name__)
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -29,11 +31,7 @@ INSTANCES_TOPIC = "/camera/instances_gt"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the make-bag options."""
-    parser.add_argument("--dataset", required=True, choices=("cityscapes", "camvid"))
-    parser.add_argument("--images", required=True, type=Path, metavar="DIR",
-                        help="camera frames: CamVid image folder, or Cityscapes leftImg8bit/<split>")
-    parser.add_argument("--labels", required=True, type=Path, metavar="DIR",
-                        help="ground truth: CamVid label folder (same file names), or Cityscapes gtFine/<split>")
+    add_dataset_folder_arguments(parser, images_help="camera frames: ")
     parser.add_argument("--out", required=True, type=Path, metavar="BAG", help="new bag folder to create")
     parser.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"),
                         help="bag storage (default sqlite3)")

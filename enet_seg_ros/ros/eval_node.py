@@ -38,6 +38,7 @@ import numpy as np
 
 from .params import ParamSpec, declare_all
 from .qos import RELIABILITY_CHOICES
+from .runner import lazy_class, run_node
 
 NODE_NAME = "eval_node"
 
@@ -277,21 +278,16 @@ def _num(value: Optional[float]) -> float:
     return float("nan") if value is None else float(value)
 
 
-_NODE_CLASS = None
+_node_class = lazy_class(_make_node_class)
 
 
 def EvalNode(*args: Any, **kwargs: Any):  # noqa: N802 - reads like the class it builds
     """Create an evaluation node (see :func:`_make_node_class`); rclpy must be initialised."""
-    global _NODE_CLASS
-    if _NODE_CLASS is None:
-        _NODE_CLASS = _make_node_class()
-    return _NODE_CLASS(*args, **kwargs)
+    return _node_class()(*args, **kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point (``eval_node``, ``ros2 run enet_seg_ros eval_node``); returns the exit code."""
-    from .runner import run_node
-
     def spin(node: Any, executor: Any) -> Optional[int]:
         node.get_logger().info("running; the report is written on exit (Ctrl-C, SIGTERM{})".format(
             ", after {} frames".format(node.cfg["exit_after_frames"]) if node.cfg["exit_after_frames"] else ""))

@@ -31,6 +31,7 @@ import numpy as np
 
 from .params import ParamSpec, declare_all
 from .qos import RELIABILITY_CHOICES
+from .runner import lazy_class, run_node
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -445,15 +446,12 @@ def _make_node_class():
     return ImageSource
 
 
-_NODE_CLASS = None
+_node_class = lazy_class(_make_node_class)
 
 
 def ImageSource(*args, **kwargs):  # noqa: N802 - reads like the class it builds
     """Create an ``image_source`` node (rclpy must be initialised); ``start()`` publishes."""
-    global _NODE_CLASS
-    if _NODE_CLASS is None:
-        _NODE_CLASS = _make_node_class()
-    return _NODE_CLASS(*args, **kwargs)
+    return _node_class()(*args, **kwargs)
 
 
 def _encode(rgb: np.ndarray, encoding: str) -> Tuple[np.ndarray, str]:
@@ -475,8 +473,6 @@ def _encode(rgb: np.ndarray, encoding: str) -> Tuple[np.ndarray, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point (``image_source``, ``ros2 run enet_seg_ros image_source``); returns the exit code."""
-    from .runner import run_node
-
     def spin(node, executor) -> Optional[int]:
         node.start()
         while not node.done.is_set():

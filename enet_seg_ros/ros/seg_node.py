@@ -31,6 +31,7 @@ from .diagnostics import NodeStats, Throttle, key_values
 from .image_conv import DEFAULT_MAX_PIXELS, ImageFormatError, message_summary
 from .params import ParamSpec, declare_all, spec_table, validate_updates
 from .qos import RELIABILITY_CHOICES
+from .runner import lazy_class, run_node
 
 NODE_NAME = "seg_node"
 RESIZE_POLICIES = ("stretch", "letterbox", "center_crop")
@@ -458,21 +459,16 @@ def _make_node_class():
     return SegNode
 
 
-_NODE_CLASS = None
+_node_class = lazy_class(_make_node_class)
 
 
 def SegNode(*args, **kwargs):  # noqa: N802 - reads like the class it builds
     """Create a segmentation node (see :func:`_make_node_class`); rclpy must be initialised."""
-    global _NODE_CLASS
-    if _NODE_CLASS is None:
-        _NODE_CLASS = _make_node_class()
-    return _NODE_CLASS(*args, **kwargs)
+    return _node_class()(*args, **kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point (``seg_node``, ``ros2 run enet_seg_ros seg_node``); returns the exit code."""
-    from .runner import run_node
-
     return run_node(NODE_NAME, SegNode, lambda node, executor: None, argv)
 
 

@@ -1,0 +1,43 @@
+"""Command-line flags shared by several sub-commands, declared once so they stay identical."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Optional
+
+
+def add_dataset_folder_arguments(parser: argparse.ArgumentParser, images_help: str = "") -> None:
+    """``--dataset``, ``--images``, ``--labels``: a labelled folder in CamVid or Cityscapes layout."""
+    parser.add_argument("--dataset", required=True, choices=("camvid", "cityscapes"))
+    parser.add_argument("--images", required=True, type=Path, metavar="DIR",
+                        help=images_help + "CamVid image folder, or Cityscapes leftImg8bit/<split>")
+    parser.add_argument("--labels", required=True, type=Path, metavar="DIR",
+                        help="CamVid label folder (same file names), or Cityscapes gtFine/<split>")
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--backend``, ``--device``, ``--size``, ``--threads``: how to build a Segmenter."""
+    parser.add_argument("--weights", required=True, metavar="W", help="weights file (.safetensors with model card)")
+    parser.add_argument("--backend", default="auto", metavar="B", help="auto, torch, onnxruntime or tensorrt")
+    parser.add_argument("--device", default=None, help="backend device (e.g. cpu, cuda:0)")
+    parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for the backend (default: one per core)")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
+    """Flags shared by eval-dir and eval-bag: report folder, GT resizing, predictions, pipeline.
+
+    ``item`` names what a saved prediction is called after (``<stamp>`` or ``<name>``).
+    """
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
+    parser.add_argument("--resize-gt", default=None, choices=("nearest",),
+                        help="resize ground truth of another size to the frame (default: that is an error)")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="write {0}_labelIds.png and {0}_color.png per frame to OUT/predictions".format(item))
+    parser.add_argument("--throughput", action="store_true",
+                        help="also time bare inference on the same frames and record eval / bare fps")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="threads decoding frames and ground truth ahead of the model (default: min(4, CPUs))")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
