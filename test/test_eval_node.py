@@ -102,6 +102,7 @@ def test_live_chain_equals_eval_bag(weights, tmp_path, context):
     assert live_metrics["frames"] == offline_metrics["frames"] == 8
     assert live_metrics["frames_without_gt"] == 0 and live_metrics["gt_without_frame"] == 0
     assert live_metrics["model"] == offline_metrics["model"]
+    assert live_metrics["backend"] == offline_metrics["backend"] == seg.backend_name  # from /diagnostics
     assert_same_metrics(live_metrics, offline_metrics, keys=("miou", "pixel_accuracy", "mean_class_accuracy",
                                                              "pixels"))
     assert live_metrics["class_accuracy"] == offline_metrics["class_accuracy"]
@@ -193,6 +194,62 @@ def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
     assert "unknown label ids [42]" in reasons and "stamp 50.000000103" in reasons
     assert "encoding 'rgb8', expected mono8" in reasons
     assert abs(mious[-1] - metrics["miou"]) < 1e-6  # Float32
+    # Stamps from 1970 are not live: no latency; no seg_node on /diagnostics: no backend.
+    assert metrics["latency_ms"]["p50"] is None and metrics["backend"] is None
+
+
+def test_eval_node_reports_seg_node_backend_and_live_latency(weights, tmp_path, context):
+    """Live stamps give a camera-to-labels latency; the backend comes from seg_node's /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float32, Header
+
+    from enet_seg_ros.ros.eval_node import EvalNode
+    from enet_seg_ros.ros.image_conv import array_to_image
+    from enet_seg_ros.ros.qos import diagnostics_qos, image_qos
+
+    out = tmp_path / "out"
+    node = EvalNode(context=context, parameter_overrides=_params(
+        weights=str(weights), output_dir=str(out), qos_reliability="reliable", labels_topic="/front/seg/labels"))
+    pub = rclpy.create_node("test_publisher", context=context)
+    qos = image_qos("reliable", 50)
+    p_labels = pub.create_publisher(Image, "/front/seg/labels", qos)
+    p_gt = pub.create_publisher(Image, "/camera/labels_gt", qos)
+    p_diag = pub.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+    mious = []
+    pub.create_subscription(Float32, "/eval_node/miou", lambda m: mious.append(m.data), 50)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(pub)
+    assert _spin_until(executor, lambda: p_labels.get_subscription_count() and p_gt.get_subscription_count() and
+                       p_diag.get_subscription_count() and pub.count_publishers("/eval_node/miou"), 10.0)
+
+    def status(name, backend):
+        return DiagnosticStatus(name=name, hardware_id=backend, values=[KeyValue(key="backend", value=backend)])
+
+    # Another camera's seg_node first, then the one whose labels are evaluated.
+    p_diag.publish(DiagnosticArray(status=[status("/rear/seg: segmentation", "torch")]))
+    p_diag.publish(DiagnosticArray(status=[status("/front/seg: segmentation", "onnxruntime"),
+                                           status("/front/camera: driver", "v4l2")]))
+    delay_s = 0.05
+    for i in range(4):
+        stamp = pub.get_clock().now().to_msg()
+        time.sleep(delay_s)  # the labels leave "seg_node" at least delay_s after the camera stamp
+        labels = np.full((12, 16), 3, np.uint8)
+        p_labels.publish(array_to_image(labels, "mono8", Header(stamp=stamp, frame_id="camera")))
+        p_gt.publish(array_to_image(labels, "mono8", Header(stamp=stamp, frame_id="camera")))
+    assert _spin_until(executor, lambda: len(mious) == 4 and node.backend == "onnxruntime", 15.0), \
+        (mious, node.backend)
+    node.stop()
+    for n in (node, pub):
+        executor.remove_node(n)
+        n.destroy_node()
+
+    metrics = read_json(out / "metrics.json")
+    assert metrics["frames"] == 4 and metrics["backend"] == "onnxruntime"
+    latency = metrics["latency_ms"]
+    assert delay_s * 1000 <= latency["p50"] <= latency["max"] < 10_000
+    assert "onnxruntime" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -18,7 +18,10 @@ evaluator. Outputs:
 A frame whose ground truth never comes counts in ``frames_without_gt``; ground truth whose
 prediction never comes (e.g. dropped by ``seg_node``) in ``gt_without_frame``; a pair that
 cannot be scored (other size without ``resize_gt: nearest``, unknown label ids, bad encoding)
-is logged with its stamp and listed in the report as skipped. Nothing changes the numbers
+is logged with its stamp and listed in the report as skipped. The report names the backend
+``seg_node`` announces on ``/diagnostics`` (the status of the node whose namespace holds
+``labels_topic``) and, when the stamps are live (camera time, not a bag's recorded time), the
+pipeline latency: camera stamp to the labels' arrival here. Nothing changes the numbers
 silently. QoS: ``best_effort`` (default) receives from reliable and best-effort publishers;
 ``reliable`` receives only from reliable publishers but never loses a message on the wire.
 With ``gt_wait_for_labels`` the ground truth is subscribed only once the first prediction
@@ -64,6 +67,12 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("idle_timeout_s", 0.0, "write the report and exit after this long without messages once "
               "the first one came (0: never)", value_range=(0.0, 86400.0)),
 )
+
+
+# Labels older than this on arrival are not from a live camera (e.g. a bag replayed with its
+# recorded stamps): no latency is recorded for them.
+LIVE_STAMP_MAX_AGE_MS = 10_000.0
+MAX_LATENCIES = 1_000_000  # bounded memory on a long live run (~8 MB)
 
 
 def _make_node_class():
@@ -122,6 +131,10 @@ def _make_node_class():
             if self.cfg["instances_topic"] and not self._with_instances:
                 self.get_logger().warning("instances_topic ignored: {} has no instance metrics".format(dataset))
             self.gt_topic = self.resolve_topic_name(self.cfg["gt_topic"])
+            # seg_node names its status "<node>: segmentation"; its labels are "<node>/labels".
+            self._seg_status = "{}: segmentation".format(self.sub_labels.topic_name.rsplit("/", 1)[0] or "/")
+            self.backend: Optional[str] = None
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, diagnostics_qos())
             self.pub_miou = self.create_publisher(Float32, "~/miou", diagnostics_qos())
             self.pub_metrics = self.create_publisher(DiagnosticArray, "~/metrics", diagnostics_qos())
             self.create_timer(self.cfg["metrics_period_s"], self._on_timer)
@@ -143,13 +156,27 @@ def _make_node_class():
             if self.sub_gt is None:
                 self._subscribe_gt()  # gt_wait_for_labels: the first prediction arrived
             stamp = stamp_to_ns(msg.header.stamp)
+            age_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6
             with self._lock:
                 if self._stopped:
                     return
+                # Only live stamps measure latency; a replayed bag's recorded stamps are hours old.
+                if stream == MAIN and 0.0 <= age_ms < LIVE_STAMP_MAX_AGE_MS and \
+                        len(self.stats.latencies_ms) < MAX_LATENCIES:
+                    self.stats.latencies_ms.append(age_ms)
                 for resolved in self.pairer.add(stream, stamp, msg):
                     self._handle(resolved)
             if self.cfg["exit_after_frames"] and self.stats.scored >= self.cfg["exit_after_frames"]:
                 self.finished.set()
+
+        def _on_diagnostics(self, msg: Any) -> None:
+            for status in msg.status:
+                if not status.name.endswith(": segmentation"):
+                    continue
+                # Prefer the node that publishes our labels topic; else the only seg_node seen.
+                if status.name == self._seg_status or self.backend is None:
+                    values = {kv.key: kv.value for kv in status.values}
+                    self.backend = values.get("backend") or status.hardware_id or None
 
         def _where(self, topic: str, stamp: int) -> str:
             return "topic {} stamp {}".format(topic, format_stamp(stamp))
@@ -251,7 +278,7 @@ def _make_node_class():
                         {MAIN: self.sub_labels.topic_name, GT: self.gt_topic}.get(
                             self.pairer.duplicates[0][1], self.cfg["instances_topic"]))]
                 try:
-                    paths = write_outputs(out, self.evaluator, self.stats, model=self.model, backend=None,
+                    paths = write_outputs(out, self.evaluator, self.stats, model=self.model, backend=self.backend,
                                           inputs={"labels topic": self.sub_labels.topic_name,
                                                   "ground-truth topic": self.gt_topic},
                                           title="Live evaluation ({})".format(self.spec.dataset))
