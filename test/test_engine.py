@@ -17,22 +17,10 @@ from enet_seg_ros.engine.backends.base import FAIL_ENV
 from enet_seg_ros.engine.preprocess import to_input_resolution, to_model_input
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.weights import ModelCard, Normalization, save_model
+from model_fixtures import randomize
 
 torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and PReLU slopes, so folding / export bugs would show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
-            elif isinstance(m, nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 def _camvid_card(arch: str, size=(96, 64), **kwargs) -> ModelCard:
@@ -44,7 +32,7 @@ def _camvid_card(arch: str, size=(96, 64), **kwargs) -> ModelCard:
 def small_weights(tmp_path_factory) -> Path:
     """A random ENet (11 CamVid classes, 96x64 input, BGR normalisation) saved as safetensors."""
     torch.manual_seed(0)
-    model = _randomize(build_model("enet", 11))
+    model = randomize(build_model("enet", 11))
     return save_model(tmp_path_factory.mktemp("w") / "enet_small.safetensors", model, _camvid_card("enet"))
 
 
@@ -77,7 +65,7 @@ def _parity_weights(tmp_path: Path, espnet_reference_dir: Path) -> Path:
         model, info = load_reference(ckpt)
         return save_model(tmp_path / "espnet_camvid.safetensors", model, make_card(info, "camvid", ckpt))
     torch.manual_seed(0)
-    return save_model(tmp_path / "enet_random.safetensors", _randomize(build_model("enet", 11)),
+    return save_model(tmp_path / "enet_random.safetensors", randomize(build_model("enet", 11)),
                       _camvid_card("enet", (480, 360)))
 
 
@@ -159,7 +147,7 @@ def test_cache_key_separates_weights_sizes_and_variants(small_weights, tmp_path,
     Segmenter(small_weights, backend="onnxruntime", strict=True, warmup=0, input_size=(64, 48))
     Segmenter(small_weights, backend="onnxruntime", strict=True, warmup=0, confidence=True)
     torch.manual_seed(1)
-    other = save_model(tmp_path / "other.safetensors", _randomize(build_model("enet", 11), seed=1),
+    other = save_model(tmp_path / "other.safetensors", randomize(build_model("enet", 11), seed=1),
                        _camvid_card("enet"))
     Segmenter(other, backend="onnxruntime", strict=True, warmup=0)
     assert len(_onnx_files(cache)) == 4
@@ -384,7 +372,7 @@ def test_segment_is_thread_safe(small_weights, cache):
 
 def test_model_and_card_pair_and_bilinear_upsampling(cache):
     torch.manual_seed(0)
-    model = _randomize(build_model("enet", 11))
+    model = randomize(build_model("enet", 11))
     card = _camvid_card("enet", (64, 48), label_upsampling="bilinear")
     seg = Segmenter((model, card), backend="torch", warmup=0)
     frame = _frame(96, 128)

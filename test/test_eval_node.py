@@ -124,23 +124,16 @@ def test_stamp_pairer_resolves_every_item_once():
     assert [(r.stamp_ns, r.kind) for r in rest] == [(3, "no_gt"), (4, "no_frame")] and len(p) == 0
 
 
-def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
-    """Hand-published labels / ground truth: out-of-order arrival, missing partners, bad frames."""
-    from builtin_interfaces.msg import Time
+def _probe(context, node, labels_topic: str):
+    """A publisher node for labels / ground truth and a ~/miou listener, matched with ``node``."""
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Float32, Header
+    from std_msgs.msg import Float32
 
-    from enet_seg_ros.evaluate import make_evaluator
-    from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_conv import array_to_image
     from enet_seg_ros.ros.qos import image_qos
 
-    out = tmp_path / "out"
-    node = EvalNode(context=context, parameter_overrides=_params(
-        weights=str(weights), output_dir=str(out), qos_reliability="reliable", max_pending=4))
     pub = rclpy.create_node("test_publisher", context=context)
     qos = image_qos("reliable", 50)
-    p_labels = pub.create_publisher(Image, "/seg_node/labels", qos)
+    p_labels = pub.create_publisher(Image, labels_topic, qos)
     p_gt = pub.create_publisher(Image, "/camera/labels_gt", qos)
     mious = []
     pub.create_subscription(Float32, "/eval_node/miou", lambda m: mious.append(m.data), 50)
@@ -149,6 +142,22 @@ def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
     executor.add_node(pub)
     assert _spin_until(executor, lambda: p_labels.get_subscription_count() and p_gt.get_subscription_count() and
                        pub.count_publishers("/eval_node/miou"), 10.0)
+    return pub, p_labels, p_gt, mious, executor
+
+
+def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
+    """Hand-published labels / ground truth: out-of-order arrival, missing partners, bad frames."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    from enet_seg_ros.evaluate import make_evaluator
+    from enet_seg_ros.ros.eval_node import EvalNode
+    from enet_seg_ros.ros.image_conv import array_to_image
+
+    out = tmp_path / "out"
+    node = EvalNode(context=context, parameter_overrides=_params(
+        weights=str(weights), output_dir=str(out), qos_reliability="reliable", max_pending=4))
+    pub, p_labels, p_gt, mious, executor = _probe(context, node, "/seg_node/labels")
 
     rng = np.random.default_rng(3)
     expected = make_evaluator("camvid")
@@ -201,28 +210,18 @@ def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
 def test_eval_node_reports_seg_node_backend_and_live_latency(weights, tmp_path, context):
     """Live stamps give a camera-to-labels latency; the backend comes from seg_node's /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Float32, Header
+    from std_msgs.msg import Header
 
     from enet_seg_ros.ros.eval_node import EvalNode
     from enet_seg_ros.ros.image_conv import array_to_image
-    from enet_seg_ros.ros.qos import diagnostics_qos, image_qos
+    from enet_seg_ros.ros.qos import diagnostics_qos
 
     out = tmp_path / "out"
     node = EvalNode(context=context, parameter_overrides=_params(
         weights=str(weights), output_dir=str(out), qos_reliability="reliable", labels_topic="/front/seg/labels"))
-    pub = rclpy.create_node("test_publisher", context=context)
-    qos = image_qos("reliable", 50)
-    p_labels = pub.create_publisher(Image, "/front/seg/labels", qos)
-    p_gt = pub.create_publisher(Image, "/camera/labels_gt", qos)
+    pub, p_labels, p_gt, mious, executor = _probe(context, node, "/front/seg/labels")
     p_diag = pub.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-    mious = []
-    pub.create_subscription(Float32, "/eval_node/miou", lambda m: mious.append(m.data), 50)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(pub)
-    assert _spin_until(executor, lambda: p_labels.get_subscription_count() and p_gt.get_subscription_count() and
-                       p_diag.get_subscription_count() and pub.count_publishers("/eval_node/miou"), 10.0)
+    assert _spin_until(executor, p_diag.get_subscription_count, 10.0)
 
     def status(name, backend):
         return DiagnosticStatus(name=name, hardware_id=backend, values=[KeyValue(key="backend", value=backend)])

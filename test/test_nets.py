@@ -11,29 +11,15 @@ from torch import nn
 from enet_seg_ros.nets import build_model, count_parameters, fold_batchnorm, list_archs
 from enet_seg_ros.nets.enet import local_to_flat_indices, max_pool2x2_with_argmax, max_unpool2x2
 from enet_seg_ros.nets.espnet import ESPModule
+from model_fixtures import randomize
 
 torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them
 ARCHS = ["enet", "erfnet", "espnet", "espnet_c"]
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BN statistics/affine and PReLU slopes non-trivial values (fresh ones are identities)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            elif isinstance(m, nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return model.eval()
-
-
 def _model(arch: str, num_classes: int = 20, **options) -> nn.Module:
     torch.manual_seed(0)
-    return _randomize(build_model(arch, num_classes, **options))
+    return randomize(build_model(arch, num_classes, **options))
 
 
 def test_list_archs_and_unknown_arch():

@@ -1,0 +1,21 @@
+"""Helpers shared by the model and engine tests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BN statistics/affine and PReLU slopes non-trivial values (fresh ones are identities),
+    so folding / export bugs would show; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return model.eval()
