@@ -196,11 +196,8 @@ def _existing(path: PathLike) -> Path:
     return path
 
 
-def default_weights_path() -> Path:
-    """The package's shipped default model (ENet trained on CamVid).
-
-    Looked up in the ROS share directory when ament is available, else next to the source tree.
-    """
+def shipped_model_dirs() -> List[Path]:
+    """Where shipped models live: the ROS share directory (colcon install), then the source tree."""
     candidates = []
     try:
         from ament_index_python.packages import get_package_share_directory
@@ -208,12 +205,49 @@ def default_weights_path() -> Path:
         candidates.append(Path(get_package_share_directory("enet_seg_ros")) / "models")
     except Exception:  # not installed through colcon, or ament not available
         pass
-    candidates.append(Path(__file__).resolve().parent.parent / "models")
-    for folder in candidates:
-        p = folder / DEFAULT_MODEL_FILE
-        if p.is_file():
-            return p
-    raise WeightsError("default model {} not found in {}".format(DEFAULT_MODEL_FILE, [str(c) for c in candidates]))
+    candidates.append(REPO_MODELS_DIR)
+    return candidates
+
+
+def shipped_models() -> List[str]:
+    """Names of the shipped models (``enet_camvid``, ...), usable wherever weights are asked for."""
+    names = set()
+    for folder in shipped_model_dirs():
+        names.update(p.name[:-len(".safetensors")] for p in folder.glob("*.safetensors"))
+    return sorted(names)
+
+
+def default_weights_path() -> Path:
+    """The package's shipped default model (ENet trained on CamVid)."""
+    return resolve_weights(None)
+
+
+def resolve_weights(spec: Optional[PathLike]) -> Path:
+    """A weights file from a path, a shipped model name (``erfnet_camvid``) or None / "" (the default).
+
+    A path that exists wins over a shipped name; anything else raises :class:`WeightsError`
+    naming what was asked for and, for a bare name, the shipped models.
+    """
+    if spec is None or str(spec) == "":
+        spec, asked_default = DEFAULT_MODEL_FILE, True
+    else:
+        asked_default = False
+    path = Path(spec)
+    if path.is_file() and not asked_default:
+        return path
+    text = str(spec)
+    if "/" not in text and "\\" not in text:
+        file_name = text if text.endswith(".safetensors") else text + ".safetensors"
+        for folder in shipped_model_dirs():
+            if (folder / file_name).is_file():
+                return folder / file_name
+        if asked_default:
+            raise WeightsError("default model {} not found in {}".format(
+                DEFAULT_MODEL_FILE, [str(c) for c in shipped_model_dirs()]))
+        raise WeightsError("{}: weights file not found, and not a shipped model (shipped: {})".format(
+            text, ", ".join(shipped_models()) or "none"))
+    raise WeightsError("{}: weights file not found".format(path))
 
 
 DEFAULT_MODEL_FILE = "enet_camvid.safetensors"
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # beside the source tree

@@ -20,7 +20,8 @@ from launch_ros.substitutions import FindPackageShare
 PACKAGE = "enet_seg_ros"
 ARGUMENTS = (
     ("image_topic", "", "input image topic (empty: the params file's, /camera/image_raw)"),
-    ("weights", "", "weights file (empty: the params file's; there empty = the shipped model)"),
+    ("weights", "", "weights file or shipped model name, e.g. erfnet_camvid (empty: the params file's; there "
+                   "empty = enet_camvid)"),
     ("backend", "", "auto | torch | onnxruntime | tensorrt (empty: the params file's)"),
     ("params_file", "", "seg_node parameters (empty: config/seg.yaml from the package share)"),
     ("namespace", "", "namespace of the nodes (one per camera)"),

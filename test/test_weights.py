@@ -145,3 +145,27 @@ def test_invalid_card_is_refused_at_save(tmp_path):
     with pytest.raises(WeightsError, match="palette"):
         save_model(tmp_path / "x.safetensors", build_model("espnet_c", CAMVID.num_classes), card)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_shipped_model_names_resolve_and_unknown_names_list_them(tmp_path, monkeypatch):
+    from enet_seg_ros.weights import REPO_MODELS_DIR, default_weights_path, resolve_weights, shipped_models
+
+    assert "enet_camvid" in shipped_models()
+    default = default_weights_path()
+    assert default == REPO_MODELS_DIR / "enet_camvid.safetensors" and default.is_file()
+    assert resolve_weights(None) == resolve_weights("") == default
+    assert resolve_weights("enet_camvid") == resolve_weights("enet_camvid.safetensors") == default
+    # An existing file wins over a shipped name, also when it is a bare name in the working dir.
+    path, _, _ = _saved(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "enet_camvid.safetensors").write_bytes(path.read_bytes())
+    assert resolve_weights("enet_camvid.safetensors").resolve() == (tmp_path / "enet_camvid.safetensors")
+    with pytest.raises(WeightsError, match=r"no_such_model: weights file not found, and not a shipped model "
+                                           r"\(shipped: .*enet_camvid"):
+        resolve_weights("no_such_model")
+    with pytest.raises(WeightsError, match="weights file not found"):
+        resolve_weights(tmp_path / "missing" / "w.safetensors")
+    # The Segmenter takes the name too.
+    from enet_seg_ros.engine import Segmenter
+
+    assert Segmenter("enet_camvid", backend="torch", input_size=(96, 64), warmup=0).card.arch == "enet"

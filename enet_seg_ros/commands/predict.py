@@ -7,7 +7,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register the predict flags."""
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (any size, any OpenCV format)")
-    p.add_argument("--weights", default=None, help="weights file (default: the shipped models/enet_camvid.safetensors)")
+    p.add_argument("--weights", default=None, help="weights file or shipped model name, e.g. erfnet_camvid (default: enet_camvid)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8 (default: the backend's)")
@@ -26,13 +26,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine import Segmenter
-    from ..weights import default_weights_path
+    from ..weights import resolve_weights
 
     paths = [Path(p) for p in args.images]
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError("{}: image not found".format(p))
-    weights = args.weights or default_weights_path()
+    weights = resolve_weights(args.weights)
     seg = Segmenter(weights, backend=args.backend, device=args.device, precision=args.precision,
                     input_size=args.size, resize_policy=args.resize_policy, warmup=1)
     card = seg.card

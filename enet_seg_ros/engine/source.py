@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from ..weights import ModelCard, load_model
+from ..weights import ModelCard, load_model, resolve_weights
 from .cache import sha256_file
 
 PathLike = Union[str, os.PathLike]
@@ -48,7 +48,7 @@ def load_source(weights: Union[PathLike, Tuple[Any, ModelCard], ModelSource]) ->
         card.validate()
         return ModelSource(model.eval(), card, state_digest(model, card))
     if isinstance(weights, (str, os.PathLike)):
-        path = Path(weights)
+        path = resolve_weights(weights)  # a file, or a shipped model name
         model, card = load_model(path)  # raises WeightsError naming the file
         return ModelSource(model, card, sha256_file(path), path)
     raise ValueError("weights must be a path to a .safetensors file or a (model, ModelCard) pair, got {}".format(

@@ -442,9 +442,9 @@ def load_for_dataset(weights: Optional[str], dataset: Optional[str], backend: st
     ``dataset`` None means the card's dataset; ``weights`` None means the shipped default model.
     """
     from ..data.labels import get_label_spec
-    from ..weights import default_weights_path, read_card
+    from ..weights import read_card, resolve_weights
 
-    path = Path(weights) if weights else default_weights_path()
+    path = resolve_weights(weights)
     card = read_card(path)  # WeightsError (a ValueError) naming the file
     name = dataset or card.dataset
     if not name:

@@ -345,9 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result: object = {"machine": machine(), "rows": bench_qos([float(r) for r in args.rates.split(",")],
                                                                   args.frames, args.size)}
     else:
-        from ..weights import default_weights_path
+        from ..weights import resolve_weights
 
-        result = bench_node(args.weights or str(default_weights_path()), args.backend, args.seconds, args.rounds)
+        result = bench_node(str(resolve_weights(args.weights)), args.backend, args.seconds, args.rounds)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -108,10 +108,10 @@ def demo_environment() -> Dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
-    from ..weights import WeightsError, default_weights_path, read_card
+    from ..weights import WeightsError, read_card, resolve_weights
 
     try:
-        weights = Path(args.weights) if args.weights else default_weights_path()
+        weights = resolve_weights(args.weights)
         card = read_card(weights)
     except WeightsError as exc:
         print("demo: error: {}\n  The default model models/enet_camvid.safetensors ships with the package; if it is "

@@ -88,7 +88,7 @@ def _make_node_class():
     from ..evaluate.pairing import GT, INSTANCES, MAIN, StampPairer
     from ..evaluate.runners import (EvalItem, EvalPipeline, EvalStats, check_model_matches, model_description,
                                     prediction_lut, write_outputs)
-    from ..weights import default_weights_path, read_card
+    from ..weights import read_card, resolve_weights
     from .diagnostics import Throttle, key_values
     from .image_conv import image_to_array
     from .qos import diagnostics_qos, image_qos
@@ -99,7 +99,7 @@ def _make_node_class():
         def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
             super().__init__(node_name, **kwargs)
             self.cfg = declare_all(self, PARAMS)
-            weights = Path(self.cfg["weights"]) if self.cfg["weights"] else default_weights_path()
+            weights = resolve_weights(self.cfg["weights"])
             card = read_card(weights)  # start-up error naming the file when missing / corrupt
             dataset = self.cfg["dataset"] or card.dataset
             if not dataset:

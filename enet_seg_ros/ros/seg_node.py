@@ -48,7 +48,7 @@ def _check_input_size(value) -> Optional[str]:
 
 PARAMS: Tuple[ParamSpec, ...] = (
     # Model and backend: read at start-up.
-    ParamSpec("weights", "", "weights file (.safetensors with model card); empty: the shipped default model"),
+    ParamSpec("weights", "", "weights file (.safetensors with model card) or shipped model name (enet_camvid, erfnet_camvid, espnet_camvid); empty: the shipped default model"),
     ParamSpec("backend", "auto", "inference backend (auto, torch, onnxruntime, tensorrt)"),
     ParamSpec("device", "", "backend device (e.g. cpu, cuda, cuda:0); empty: the backend's default"),
     ParamSpec("precision", "", "fp32, fp16 or int8 where the backend supports it; empty: the backend's default"),
@@ -98,9 +98,9 @@ def build_segmenter(cfg: Dict[str, Any]):
     message for a missing weights file, an unknown backend, etc.
     """
     from ..engine import Segmenter
-    from ..weights import default_weights_path
+    from ..weights import resolve_weights
 
-    weights = cfg["weights"] or str(default_weights_path())
+    weights = str(resolve_weights(cfg["weights"]))
     size = list(cfg["input_size"])
     return Segmenter(
         weights,
