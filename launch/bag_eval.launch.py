@@ -24,7 +24,7 @@ ARGUMENTS = (
     ("bag", "", "rosbag2 folder with frames and ground truth (empty with source:=none)"),
     ("source", "bag", "bag: replay with image_source; none: play the bag yourself (ros2 bag play)"),
     ("weights", "", "weights file (empty: the shipped default model)"),
-    ("backend", "auto", "auto | torch | onnxruntime | tensorrt"),
+    ("backend", "auto", "auto | torch | onnxruntime | openvino | tensorrt"),
     ("dataset", "", "camvid | cityscapes (empty: the model card's)"),
     ("compressed", "false", "the bag's frames are on /camera/image_raw/compressed"),
     ("instances", "false", "also replay /camera/instances_gt for Cityscapes iIoU"),

@@ -73,6 +73,6 @@ def test_bench_rejects_unknown_choices(tmp_path):
     with pytest.raises(ValueError, match="unknown arch"):
         _bench("--arch", "segnet", "--runs", "1")
     with pytest.raises(ValueError, match="unknown backend"):
-        _bench("--arch", "enet", "--backend", "openvino", "--runs", "1")
+        _bench("--arch", "enet", "--backend", "coreml", "--runs", "1")
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         _bench("--arch", "enet", "--size", "640", "--runs", "1")

@@ -29,3 +29,8 @@ def test_compiled_torch_backend_matches_eager():
     a, b = plain.segment(frame).labels, compiled.segment(frame).labels
     assert a.shape == b.shape == (64, 96)
     assert np.mean(a == b) >= 0.999
+    # Several compiled Segmenters share dynamo's per-process cache: the backend makes room so
+    # the ninth compiled model (bench: 3 nets x 2 precisions x sizes) is not silently run eager.
+    config = torch._dynamo.config
+    limit = getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 0))
+    assert limit >= 64

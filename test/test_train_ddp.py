@@ -77,9 +77,12 @@ def test_two_processes_equal_one(camvid, tmp_path):
     b = torch.load(ddp / "last.pt", map_location="cpu", weights_only=True)
     assert (a["stage_index"], a["epoch"]) == (b["stage_index"], b["epoch"]) == (1, 1)
     assert a["model"].keys() == b["model"].keys()
+    # Summation order differs (2 x 2 frames all-reduced vs 4 frames), and Adam turns float noise
+    # in near-zero gradients into parameter noise: seen up to 1.2e-5 after 6 steps. 5e-5 is a
+    # tenth of one Adam step (lr 5e-4): a lost, doubled or mis-scaled step would show.
     for k, v in a["model"].items():
         if v.is_floating_point():
-            torch.testing.assert_close(b["model"][k], v, rtol=0, atol=1e-5, msg=k)
+            torch.testing.assert_close(b["model"][k], v, rtol=0, atol=5e-5, msg=k)
         else:
             assert torch.equal(b["model"][k], v), k
     # The encoder head is unused in the decoder stage: DDP must leave it untouched (no zero

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights file (repeatable, one per arch; its card gives the arch). Archs without "
                         "weights use randomly initialised networks: speed does not depend on weight values")
     p.add_argument("--backend", default="all",
-                   help="auto, torch, torch+compile (torch.compile, slow first start), onnxruntime, tensorrt "
+                   help="auto, torch, torch+compile (torch.compile, slow first start), onnxruntime, openvino, tensorrt "
                         "or all (comma list allowed); fp32 eager PyTorch is always measured as the baseline")
     p.add_argument("--precision", default="default",
                    help="default (each backend's own), or a comma list of fp32,fp16,bf16,int8; "

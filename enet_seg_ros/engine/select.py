@@ -1,9 +1,11 @@
 """Backend selection: explicit choice or the ``auto`` chain with logged fallbacks.
 
-``auto`` tries, in order: TensorRT (GPU) > ONNX Runtime GPU > torch CUDA > ONNX Runtime CPU >
-torch CPU. Candidates that cannot run here are skipped with the reason logged; a candidate
-that fails while initialising is logged as a warning and the next one is tried, so a broken
-accelerator stack degrades to CPU inference instead of crashing the caller.
+``auto`` tries, in order: TensorRT (GPU) > ONNX Runtime GPU > torch CUDA > OpenVINO (CPU) >
+ONNX Runtime CPU > torch CPU (OpenVINO first on the CPU: fastest there in fp32 for all three
+networks, see BENCHMARKS.md; it is optional and skipped when not installed). Candidates that
+cannot run here are skipped with the reason logged; a candidate that fails while initialising is
+logged as a warning and the next one is tried, so a broken accelerator stack degrades to CPU
+inference instead of crashing the caller.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .backends.base import Backend, BackendUnavailable
 
 LOG = logging.getLogger(__name__)
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 AUTO_CHAIN: Tuple[Tuple[str, str], ...] = (
-    ("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda"), ("onnxruntime", "cpu"), ("torch", "cpu"))
+    ("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda"), ("openvino", "cpu"), ("onnxruntime", "cpu"),
+    ("torch", "cpu"))
 
 
 def _factory(name: str) -> Callable[..., Backend]:
@@ -31,6 +34,10 @@ def _factory(name: str) -> Callable[..., Backend]:
         from .backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend
+    if name == "openvino":
+        from .backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend
     raise ValueError("unknown backend {!r}; expected auto or one of {}".format(name, BACKENDS))
 
 
@@ -50,6 +57,13 @@ def precheck(name: str, device: str) -> Optional[str]:
         if device == "cuda" and not any(p in providers for p in GPU_PROVIDERS):
             return "no CUDA/TensorRT execution provider in this onnxruntime build"
         return None
+    if name == "openvino":
+        if device != "cpu":
+            return "the openvino backend runs on the CPU only"
+        from .backends.openvino_backend import openvino_status
+
+        ok, why = openvino_status()
+        return None if ok else why
     if name == "torch":
         from .backends.torch_backend import cuda_available
 
@@ -72,6 +86,8 @@ def chain_for(backend: str, device: Optional[str]) -> List[Tuple[str, str]]:
         return [(backend, device)]
     if backend == "tensorrt":
         return [("tensorrt", "cuda")]
+    if backend == "openvino":
+        return [("openvino", "cpu")]
     # Explicit backend without a device: its GPU flavour when usable, else CPU.
     return [(backend, "cuda"), (backend, "cpu")]
 

@@ -40,7 +40,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     parser.add_argument("--size", default="640x360", help="synthetic frame size WxH (default 640x360)")
     parser.add_argument("--weights", default="", help="weights file (default: the shipped model)")
-    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt")
     parser.add_argument("--pngs", type=int, default=4, help="overlay PNGs to write (default 4)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
     args = parser.parse_args(argv)

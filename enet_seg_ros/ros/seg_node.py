@@ -49,9 +49,9 @@ def _check_input_size(value) -> Optional[str]:
 PARAMS: Tuple[ParamSpec, ...] = (
     # Model and backend: read at start-up.
     ParamSpec("weights", "", "weights file (.safetensors with model card) or shipped model name (enet_camvid, erfnet_camvid, espnet_camvid); empty: the shipped default model"),
-    ParamSpec("backend", "auto", "inference backend (auto, torch, onnxruntime, tensorrt)"),
+    ParamSpec("backend", "auto", "inference backend (auto, torch, onnxruntime, openvino, tensorrt)"),
     ParamSpec("device", "", "backend device (e.g. cpu, cuda, cuda:0); empty: the backend's default"),
-    ParamSpec("precision", "", "fp32, fp16 or int8 where the backend supports it; empty: the backend's default"),
+    ParamSpec("precision", "", "fp32, fp16, bf16 or int8 where the backend supports it; empty: the backend's default"),
     ParamSpec("input_size", [0, 0], "network input [width, height]; [0, 0]: the model card's size",
               check=_check_input_size, constraints="[0, 0] or two integers in [8, 8192]"),
     ParamSpec("resize_policy", "", "camera image -> network input: stretch, letterbox or center_crop; "

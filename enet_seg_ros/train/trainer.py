@@ -386,9 +386,13 @@ class Trainer:
         data = _AugmentedSet(self.train_set, augment, self.norm, cfg.seed)
         sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
+        # Workers start from a fork server, not by forking this process: by now it runs threads
+        # (torch / OpenMP, and in a ROS or OpenVINO process theirs), and a forked copy of a
+        # threaded process can crash (seen: SIGSEGV with OpenVINO and rclpy loaded). Workers
+        # are not persistent so each epoch's copy of the dataset carries the new epoch number.
         loader = DataLoader(data, batch_size=cfg.batch_size // self.world, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
+                            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
+                            multiprocessing_context="forkserver" if cfg.workers > 0 else None)
         csv_path = self.out / "log.csv"
         writer = _tensorboard(self.out / "tb") if self.is_main else None
         trained = 0  # epochs trained by this invocation (for stop_after)

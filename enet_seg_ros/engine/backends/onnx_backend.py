@@ -36,6 +36,27 @@ def ort_gpu_available() -> bool:
     return any(p in ort_providers() for p in GPU_PROVIDERS)
 
 
+def onnx_fields(source: ModelSource, input_size: Tuple[int, int], output: str, with_confidence: bool) -> Dict[str, str]:
+    """Cache key of the fp32 inference graph (also read by the OpenVINO backend)."""
+    return {"arch": source.arch, "size": "{}x{}".format(*input_size), "weights_sha256": source.sha256,
+            "variant": output + ("+conf" if with_confidence and output == "labels" else ""),
+            "precision": "fp32", "graph_format": GRAPH_FORMAT}
+
+
+def fp32_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, int], output: str = "labels",
+              with_confidence: bool = False) -> Path:
+    """The cached fp32 inference graph, exported (and stored) when missing, stale or corrupt."""
+    fields = onnx_fields(source, input_size, output, with_confidence)
+    path, reason = cache.lookup(fields, ".onnx")
+    if path is not None:
+        return path
+    if reason != "missing":
+        LOG.warning("cached ONNX for %s is stale or corrupt (%s); rebuilding", source.arch, reason)
+        cache.discard(fields, ".onnx")
+    return cache.store(fields, ".onnx", export_onnx_bytes(source, input_size, output=output,
+                                                          with_confidence=with_confidence))
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime with full graph optimisation (incl. NCHWc layouts) and configurable threads.
 
@@ -84,11 +105,8 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         self.device, self.precision, self.input_size = device, precision, (int(input_size[0]), int(input_size[1]))
         self.cache = ArtifactCache(cache_dir, "onnx")
-        self.fields = {
-            "arch": source.arch, "size": "{}x{}".format(*self.input_size), "weights_sha256": source.sha256,
-            "variant": output + ("+conf" if with_confidence and output == "labels" else ""),
-            "precision": "int8" if precision == "int8" else "fp32", "graph_format": GRAPH_FORMAT,
-        }
+        self.fields = dict(onnx_fields(source, self.input_size, output, with_confidence),
+                           precision="int8" if precision == "int8" else "fp32")
         if precision == "int8":
             from ..calib import calibration_digest
 
@@ -149,14 +167,7 @@ class OnnxRuntimeBackend(Backend):
         source: ModelSource = args["source"]
         LOG.info("exporting %s %s to ONNX (%s) into %s", source.arch, self.fields["size"], self.fields["precision"],
                  self.cache.root)
-        fp32_fields = dict(self.fields, precision="fp32")
-        fp32_fields.pop("calibration", None)
-        fp32_fields.pop("resize_policy", None)
-        fp32_path, _ = self.cache.lookup(fp32_fields, ".onnx")
-        if fp32_path is None:
-            data = export_onnx_bytes(source, self.input_size, output=args["output"],
-                                     with_confidence=args["with_confidence"])
-            fp32_path = self.cache.store(fp32_fields, ".onnx", data)
+        fp32_path = fp32_onnx(self.cache, source, self.input_size, args["output"], args["with_confidence"])
         if self.fields["precision"] == "fp32":
             return fp32_path
         from ..calib import calibration_frames
@@ -211,4 +222,4 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
 
 
-__all__ = ["OnnxRuntimeBackend", "ort_providers", "ort_gpu_available"]
+__all__ = ["OnnxRuntimeBackend", "fp32_onnx", "onnx_fields", "ort_providers", "ort_gpu_available"]

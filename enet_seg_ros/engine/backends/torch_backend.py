@@ -24,6 +24,21 @@ def cuda_available() -> bool:
         return False
 
 
+# Dynamo keeps the compiled graphs of every compiled Segmenter in one per-process cache (keyed
+# on our graph wrapper's code); past its default limit of 8 it silently runs further models
+# uncompiled (seen in `enet-seg bench`: 3 nets x 2 precisions x sizes). Room for this many:
+COMPILED_GRAPHS_PER_PROCESS = 64
+
+
+def _allow_recompiles(torch, count: int) -> None:
+    """Raise dynamo's per-code recompile limit to at least ``count`` (never lowers it)."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across releases
+        if hasattr(config, name):
+            setattr(config, name, max(int(getattr(config, name)), count))
+            return
+
+
 def cpu_has_bf16() -> bool:
     """True when oneDNN can run bf16 convolutions natively (AVX512-BF16 or AMX)."""
     try:
@@ -106,6 +121,7 @@ class TorchBackend(Backend):
         torch = self._torch
         w, h = self.input_size
         try:
+            _allow_recompiles(torch, COMPILED_GRAPHS_PER_PROCESS)
             self._run = torch.compile(self.graph, dynamic=False, options={"freezing": True})
             self.infer(np.zeros((1, h, w, 3), np.uint8))
             return True
