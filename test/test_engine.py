@@ -69,11 +69,11 @@ def _parity_weights(tmp_path: Path, espnet_reference_dir: Path) -> Path:
                       _camvid_card("enet", (480, 360)))
 
 
-def test_torch_onnxruntime_and_openvino_agree_on_a_camvid_frame(tmp_path, cache, camvid_root, espnet_reference):
+def test_torch_and_onnxruntime_agree_on_a_camvid_frame(tmp_path, cache, camvid_root, espnet_reference):
     weights = _parity_weights(tmp_path, espnet_reference)
     frame_bgr = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]), cv2.IMREAD_COLOR)
     results = {}
-    backends = ("torch", "onnxruntime") + (("openvino",) if _cpu_first() == "openvino" else ())
+    backends = ("torch", "onnxruntime")  # OpenVINO: test_engine_openvino.py (its own process)
     for backend in backends:
         seg = Segmenter(weights, backend=backend, device="cpu", strict=True, confidence=True, warmup=0)
         assert seg.backend_name == backend and seg.precision == "fp32"
@@ -158,44 +158,34 @@ def test_cache_key_separates_weights_sizes_and_variants(small_weights, tmp_path,
 
 # -- fallback chain -----------------------------------------------------------------------------------
 
-def _cpu_first() -> str:
-    """The backend ``auto`` should pick on this CPU-only machine."""
-    from enet_seg_ros.engine.backends.openvino_backend import openvino_status
-
-    return "openvino" if openvino_status()[0] else "onnxruntime"
-
-
-def test_auto_prefers_openvino_then_onnxruntime_on_cpu_and_logs_skips(small_weights, cache, caplog, monkeypatch):
-    if torch.cuda.is_available():
-        pytest.skip("this test describes the CPU-only chain")
+def test_auto_prefers_onnxruntime_on_cpu_and_logs_skips(small_weights, cache, caplog):
     caplog.set_level(logging.INFO, logger="enet_seg_ros")
     seg = Segmenter(small_weights, backend="auto", warmup=0)
-    assert seg.backend_name == _cpu_first() and seg.device == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("this test describes the CPU-only chain")
+    assert seg.backend_name == "onnxruntime" and seg.device == "cpu"
     assert "tensorrt-cuda" in seg.backend.skipped and "torch-cuda" in seg.backend.skipped
-    assert "inference backend: {}".format(_cpu_first()) in caplog.text
-    # Without OpenVINO (not installed, or broken) ONNX Runtime is next.
-    monkeypatch.setenv(FAIL_ENV, "openvino")
-    assert Segmenter(small_weights, backend="auto", warmup=0).backend_name == "onnxruntime"
+    assert "inference backend: onnxruntime" in caplog.text
+    assert "openvino-cpu" not in seg.backend.skipped  # OpenVINO is never tried by auto
 
 
 def test_fallback_when_a_backend_is_forced_to_fail(small_weights, cache, caplog, monkeypatch):
     frame = _frame()
     reference = Segmenter(small_weights, backend="torch", strict=True, warmup=0).segment(frame).labels
     caplog.set_level(logging.WARNING, logger="enet_seg_ros")
-    monkeypatch.setenv(FAIL_ENV, "openvino,onnxruntime")
+    monkeypatch.setenv(FAIL_ENV, "onnxruntime")
     seg = Segmenter(small_weights, backend="auto", warmup=0)
     assert seg.backend_name == "torch"
     assert "onnxruntime-cpu failed to initialise" in caplog.text
     np.testing.assert_array_equal(seg.segment(frame).labels, reference)
     # Same through the constructor argument, and an explicit choice falls back too (not strict).
     monkeypatch.delenv(FAIL_ENV)
-    fallback = "openvino" if _cpu_first() == "openvino" else "torch"
     assert Segmenter(small_weights, backend="onnxruntime", fail_backends=["onnxruntime"],
-                     warmup=0).backend_name == fallback
+                     warmup=0).backend_name == "torch"
     with pytest.raises(RuntimeError, match="forced to fail"):
         Segmenter(small_weights, backend="onnxruntime", fail_backends=["onnxruntime"], strict=True, warmup=0)
     with pytest.raises(RuntimeError, match="no inference backend"):
-        Segmenter(small_weights, backend="auto", fail_backends=["openvino", "onnxruntime", "torch"], warmup=0)
+        Segmenter(small_weights, backend="auto", fail_backends=["onnxruntime", "torch"], warmup=0)
 
 
 def test_fallback_on_a_real_failure_unwritable_cache(small_weights, tmp_path, monkeypatch, caplog):

@@ -1,20 +1,41 @@
-"""OpenVINO backend: same graph and cache as ONNX Runtime, fp32 parity, bf16 agreement, batches."""
+"""OpenVINO backend: same graph and cache as ONNX Runtime, fp32 parity, bf16 agreement, batches.
+
+OpenVINO is loaded only in a child pytest process: with OpenVINO 2026.4 and torch 2.13 in one
+process, PyTorch training later in that process died with SIGSEGV (the suite's training tests
+run in the main process). The parent test runs this file again in a fresh interpreter.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino")
+REPO = Path(__file__).resolve().parents[1]
+ESPNET = REPO / "models" / "espnet_camvid.safetensors"
+CHILD_ENV = "ENET_SEG_OPENVINO_CHILD"
+IN_CHILD = os.environ.get(CHILD_ENV) == "1"
+
+if not IN_CHILD:
+    def test_openvino_backend_in_its_own_process():
+        pytest.importorskip("openvino")  # importing it here is harmless: it loads no plugin yet
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__],
+                              capture_output=True, text=True, timeout=600, cwd=str(REPO),
+                              env=dict(os.environ, **{CHILD_ENV: "1"}))
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
+else:
+    pytest.importorskip("openvino")
 
 from enet_seg_ros.engine import Segmenter  # noqa: E402
 from enet_seg_ros.engine.backends.base import FAIL_ENV  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-ESPNET = REPO / "models" / "espnet_camvid.safetensors"
+child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process started above")
 
 
 @pytest.fixture()
@@ -29,6 +50,7 @@ def _val_frames(camvid_root: Path, n: int):
     return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted((camvid_root / "val").glob("*.png"))[:n]]
 
 
+@child_only
 def test_openvino_shares_the_onnx_cache_and_keeps_compiled_blobs(cache, caplog):
     caplog.set_level(logging.INFO, logger="enet_seg_ros")
     ort = Segmenter(ESPNET, backend="onnxruntime", strict=True, input_size=(240, 180), warmup=0)
@@ -43,6 +65,7 @@ def test_openvino_shares_the_onnx_cache_and_keeps_compiled_blobs(cache, caplog):
     assert float(np.mean(ov.segment(frame).labels == ort.segment(frame).labels)) >= 0.999
 
 
+@child_only
 def test_openvino_batches_match_single_frames(cache, camvid_root):
     seg = Segmenter(ESPNET, backend="openvino", strict=True, input_size=(240, 180), warmup=0)
     frames = _val_frames(camvid_root, 3)
@@ -53,6 +76,7 @@ def test_openvino_batches_match_single_frames(cache, camvid_root):
     assert not np.shares_memory(batch[0].labels, batch[1].labels)
 
 
+@child_only
 def test_openvino_bf16_agrees_with_fp32_on_camvid_frames(cache, camvid_root):
     try:
         bf16 = Segmenter(ESPNET, backend="openvino", precision="bf16", strict=True, warmup=0)
@@ -61,18 +85,23 @@ def test_openvino_bf16_agrees_with_fp32_on_camvid_frames(cache, camvid_root):
             pytest.skip(str(exc))
         raise
     fp32 = Segmenter(ESPNET, backend="torch", strict=True, warmup=0)
+    ov_fp32 = Segmenter(ESPNET, backend="openvino", strict=True, warmup=0)
     frames = _val_frames(camvid_root, 5)
-    same = total = 0
+    same = same_fp32 = total = 0
     for frame in frames:
         a = bf16.segment(frame, channel_order="bgr").labels
         b = fp32.segment(frame, channel_order="bgr").labels
         same += int(np.sum(a == b))
+        same_fp32 += int(np.sum(ov_fp32.segment(frame, channel_order="bgr").labels == b))
         total += a.size
-    assert bf16.precision == "bf16"
+    assert bf16.precision == "bf16" and ov_fp32.precision == "fp32"
+    # fp32 really is fp32 (OpenVINO would pick bf16 by itself on this CPU): parity with torch.
+    assert same_fp32 / total >= 0.999, "OpenVINO fp32 agrees with torch on {:.3%}".format(same_fp32 / total)
     # The issue's bar for a lossy mode: >= 99% of pixels as fp32 (BENCHMARKS.md has all 101 frames).
     assert same / total >= 0.99, "bf16 agrees on {:.3%}".format(same / total)
 
 
+@child_only
 def test_openvino_refuses_what_it_cannot_do(cache):
     with pytest.raises(RuntimeError, match="openvino has no fp16 mode"):
         Segmenter(ESPNET, backend="openvino", precision="fp16", strict=True, warmup=0)

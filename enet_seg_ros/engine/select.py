@@ -1,9 +1,10 @@
 """Backend selection: explicit choice or the ``auto`` chain with logged fallbacks.
 
-``auto`` tries, in order: TensorRT (GPU) > ONNX Runtime GPU > torch CUDA > OpenVINO (CPU) >
-ONNX Runtime CPU > torch CPU (OpenVINO first on the CPU: fastest there in fp32 for all three
-networks, see BENCHMARKS.md; it is optional and skipped when not installed). Candidates that
-cannot run here are skipped with the reason logged; a candidate that fails while initialising is
+``auto`` tries, in order: TensorRT (GPU) > ONNX Runtime GPU > torch CUDA > ONNX Runtime CPU >
+torch CPU. OpenVINO (CPU, often the fastest there: BENCHMARKS.md) is chosen explicitly, never by
+``auto``: loaded into a process that also trains with PyTorch it crashed that process (SIGSEGV,
+reproduced here with OpenVINO 2026.4 + torch 2.13), so it only runs where it is asked for.
+Candidates that cannot run here are skipped with the reason logged; a candidate that fails while initialising is
 logged as a warning and the next one is tried, so a broken accelerator stack degrades to CPU
 inference instead of crashing the caller.
 """
@@ -17,8 +18,7 @@ from .backends.base import Backend, BackendUnavailable
 LOG = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 AUTO_CHAIN: Tuple[Tuple[str, str], ...] = (
-    ("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda"), ("openvino", "cpu"), ("onnxruntime", "cpu"),
-    ("torch", "cpu"))
+    ("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda"), ("onnxruntime", "cpu"), ("torch", "cpu"))
 
 
 def _factory(name: str) -> Callable[..., Backend]:

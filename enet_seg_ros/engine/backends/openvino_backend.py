@@ -6,6 +6,10 @@ CPUs with AVX512-BF16 / AMX, runs bf16 on the matrix units. Measured here (2-cor
 
 OpenVINO picks bf16 by itself on AMX CPUs when no precision is asked for; this backend always
 sets the inference precision, so ``fp32`` really is fp32 and bf16 stays opt-in (lossy).
+
+Only used when asked for (``backend="openvino"``), never by ``auto``: with OpenVINO 2026.4 and
+torch 2.13 loaded in one process, later PyTorch training in that process died with SIGSEGV.
+An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affected in our tests.
 """
 from __future__ import annotations
 
