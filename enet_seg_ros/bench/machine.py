@@ -50,6 +50,14 @@ def versions() -> Dict[str, Optional[str]]:
             out[name] = str(getattr(mod, "__version__", "present"))
         except Exception:
             out[name] = None
+    # From the package metadata: importing openvino here would load it into a process that may
+    # also train (see the openvino backend).
+    try:
+        from importlib.metadata import version
+
+        out["openvino"] = version("openvino")
+    except Exception:
+        out["openvino"] = None
     return out
 
 
