@@ -222,6 +222,13 @@ def default_weights_path() -> Path:
     return resolve_weights(None)
 
 
+def _find_shipped(file_name: str) -> Optional[Path]:
+    for folder in shipped_model_dirs():
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return None
+
+
 def resolve_weights(spec: Optional[PathLike]) -> Path:
     """A weights file from a path, a shipped model name (``erfnet_camvid``) or None / "" (the default).
 
@@ -229,24 +236,22 @@ def resolve_weights(spec: Optional[PathLike]) -> Path:
     naming what was asked for and, for a bare name, the shipped models.
     """
     if spec is None or str(spec) == "":
-        spec, asked_default = DEFAULT_MODEL_FILE, True
-    else:
-        asked_default = False
-    path = Path(spec)
-    if path.is_file() and not asked_default:
-        return path
-    text = str(spec)
-    if "/" not in text and "\\" not in text:
-        file_name = text if text.endswith(".safetensors") else text + ".safetensors"
-        for folder in shipped_model_dirs():
-            if (folder / file_name).is_file():
-                return folder / file_name
-        if asked_default:
+        found = _find_shipped(DEFAULT_MODEL_FILE)
+        if found is None:
             raise WeightsError("default model {} not found in {}".format(
                 DEFAULT_MODEL_FILE, [str(c) for c in shipped_model_dirs()]))
+        return found
+    path = Path(spec)
+    if path.is_file():
+        return path
+    text = str(spec)
+    if "/" in text or "\\" in text:
+        raise WeightsError("{}: weights file not found".format(path))
+    found = _find_shipped(text if text.endswith(".safetensors") else text + ".safetensors")
+    if found is None:
         raise WeightsError("{}: weights file not found, and not a shipped model (shipped: {})".format(
             text, ", ".join(shipped_models()) or "none"))
-    raise WeightsError("{}: weights file not found".format(path))
+    return found
 
 
 DEFAULT_MODEL_FILE = "enet_camvid.safetensors"

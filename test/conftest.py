@@ -56,3 +56,14 @@ def small_enet_weights(tmp_path_factory) -> Path:
     if not path.is_file():
         make_test_weights(path)
     return path
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh artefact cache (``ENET_SEG_CACHE``) per test, with no backend forced to fail."""
+    from enet_seg_ros.engine.backends.base import FAIL_ENV
+
+    path = tmp_path / "cache"
+    monkeypatch.setenv("ENET_SEG_CACHE", str(path))
+    monkeypatch.delenv(FAIL_ENV, raising=False)
+    return path

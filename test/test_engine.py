@@ -36,14 +36,6 @@ def small_weights(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("w") / "enet_small.safetensors", model, _camvid_card("enet"))
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("ENET_SEG_CACHE", str(path))
-    monkeypatch.delenv(FAIL_ENV, raising=False)
-    return path
-
-
 def _frame(h=64, w=96, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = cv2.resize(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8), (w, h))

@@ -33,17 +33,8 @@ else:
     pytest.importorskip("openvino")
 
 from enet_seg_ros.engine import Segmenter  # noqa: E402
-from enet_seg_ros.engine.backends.base import FAIL_ENV  # noqa: E402
 
 child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process started above")
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("ENET_SEG_CACHE", str(path))
-    monkeypatch.delenv(FAIL_ENV, raising=False)
-    return path
 
 
 def _val_frames(camvid_root: Path, n: int):

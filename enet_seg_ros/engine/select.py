@@ -4,9 +4,9 @@
 torch CPU. OpenVINO (CPU, often the fastest there: BENCHMARKS.md) is chosen explicitly, never by
 ``auto``: loaded into a process that also trains with PyTorch it crashed that process (SIGSEGV,
 reproduced here with OpenVINO 2026.4 + torch 2.13), so it only runs where it is asked for.
-Candidates that cannot run here are skipped with the reason logged; a candidate that fails while initialising is
-logged as a warning and the next one is tried, so a broken accelerator stack degrades to CPU
-inference instead of crashing the caller.
+Candidates that cannot run here are skipped with the reason logged; a candidate that fails
+while initialising is logged as a warning and the next one is tried, so a broken accelerator
+stack degrades to CPU inference instead of crashing the caller.
 """
 from __future__ import annotations
 

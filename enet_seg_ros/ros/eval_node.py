@@ -156,13 +156,12 @@ def _make_node_class():
             if self.sub_gt is None:
                 self._subscribe_gt()  # gt_wait_for_labels: the first prediction arrived
             stamp = stamp_to_ns(msg.header.stamp)
-            age_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6
+            age_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6 if stream == MAIN else -1.0
             with self._lock:
                 if self._stopped:
                     return
                 # Only live stamps measure latency; a replayed bag's recorded stamps are hours old.
-                if stream == MAIN and 0.0 <= age_ms < LIVE_STAMP_MAX_AGE_MS and \
-                        len(self.stats.latencies_ms) < MAX_LATENCIES:
+                if 0.0 <= age_ms < LIVE_STAMP_MAX_AGE_MS and len(self.stats.latencies_ms) < MAX_LATENCIES:
                     self.stats.latencies_ms.append(age_ms)
                 for resolved in self.pairer.add(stream, stamp, msg):
                     self._handle(resolved)

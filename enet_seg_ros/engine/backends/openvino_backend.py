@@ -13,7 +13,6 @@ An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affecte
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
@@ -24,21 +23,32 @@ from ..source import ModelSource
 from .base import Backend, BackendUnavailable, check_forced_failure
 from .onnx_backend import fp32_onnx
 
-LOG = logging.getLogger(__name__)
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _cpu_core():
+    """``(openvino module, Core)`` with a CPU device; raises :class:`BackendUnavailable` why not."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise BackendUnavailable("openvino not installed ({})".format(exc)) from None
+    try:
+        core = ov.Core()
+        has_cpu = "CPU" in core.available_devices
+    except Exception as exc:  # broken plugin installation
+        raise BackendUnavailable("OpenVINO failed to start: {}".format(
+            str(exc).splitlines()[0] if str(exc) else exc)) from None
+    if not has_cpu:
+        raise BackendUnavailable("OpenVINO sees no CPU device")
+    return ov, core
 
 
 def openvino_status() -> Tuple[bool, str]:
     """``(True, version)`` when OpenVINO imports and sees a CPU, else ``(False, why)``."""
     try:
-        import openvino as ov
-    except ImportError as exc:
-        return False, "openvino not installed ({})".format(exc)
-    try:
-        if "CPU" not in ov.Core().available_devices:
-            return False, "OpenVINO sees no CPU device"
-    except Exception as exc:  # broken plugin installation
-        return False, "OpenVINO failed to start: {}".format(str(exc).splitlines()[0] if str(exc) else exc)
+        ov, _ = _cpu_core()
+    except BackendUnavailable as exc:
+        return False, str(exc)
     return True, ov.get_version()
 
 
@@ -67,15 +77,10 @@ class OpenVinoBackend(Backend):
         check_forced_failure(self.name, device, fail_backends)
         if not device.startswith("cpu"):
             raise BackendUnavailable("the openvino backend runs on the CPU only (use tensorrt on NVIDIA GPUs)")
-        ok, why = openvino_status()
-        if not ok:
-            raise BackendUnavailable(why)
-        import openvino as ov
-
+        ov, core = _cpu_core()
         precision = precision or "fp32"
         if precision not in PRECISION_HINTS:
             raise BackendUnavailable("openvino has no {} mode here (fp32 or bf16)".format(precision))
-        core = ov.Core()
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailable("openvino bf16 needs AVX512-BF16 or AMX, which this CPU lacks")
         self.device, self.precision = "cpu", precision
