@@ -15,7 +15,8 @@ from enet_seg_ros.commands import export as export_cmd
 from enet_seg_ros.data.labels import get_label_spec
 from enet_seg_ros.engine import Segmenter
 from enet_seg_ros.engine.backends.tensorrt_backend import tensorrt_status
-from enet_seg_ros.engine.export import read_onnx_card
+from enet_seg_ros.engine.export import export_onnx_bytes, read_onnx_card
+from enet_seg_ros.engine.graph import compare_argmax
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.weights import ModelCard, Normalization, save_model
 
@@ -65,6 +66,32 @@ def test_onnx_full_graph_round_trip(weights, tmp_path, monkeypatch):
         ref = seg.segment(f, "rgb", output="model")
         assert np.mean(labels[i] == ref.labels) >= 0.999
         assert np.abs(conf[i] - ref.confidence).max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compare_argmax_is_argmax_including_ties(dtype):
+    # Few distinct values -> many ties, where a wrong tie-break would show.
+    logits = torch.randint(-2, 3, (2, 12, 17, 23)).to(dtype)
+    logits[0, :, 0, 0] = 1  # all classes tied: class 0 wins
+    labels = compare_argmax(logits)
+    assert labels.dtype == torch.uint8
+    torch.testing.assert_close(labels, logits.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
+    assert int(labels[0, 0, 0]) == 0
+
+
+def test_compare_argmax_graph_gives_the_same_labels_in_onnx_runtime(weights):
+    from enet_seg_ros.engine.source import load_source
+
+    source = load_source(weights)
+    native = ort.InferenceSession(export_onnx_bytes(source, (96, 64)), providers=["CPUExecutionProvider"])
+    compare = ort.InferenceSession(export_onnx_bytes(source, (96, 64), argmax="compare", with_confidence=True),
+                                   providers=["CPUExecutionProvider"])
+    assert "ArgMax" not in {n.op_type for n in onnx.load_from_string(
+        export_onnx_bytes(source, (96, 64), argmax="compare")).graph.node}
+    batch = np.stack([_frame(i) for i in range(3)])
+    np.testing.assert_array_equal(compare.run(None, {"image": batch})[0], native.run(None, {"image": batch})[0])
+    with pytest.raises(ValueError, match="argmax must be one of"):
+        export_onnx_bytes(source, (96, 64), argmax="topk")
 
 
 def test_onnx_network_graph_round_trip(weights, tmp_path):

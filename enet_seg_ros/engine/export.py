@@ -30,15 +30,20 @@ CARD_METADATA_KEY = "enet_seg_ros.card"
 
 
 def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour: str = "full",
-                      output: str = "labels", with_confidence: bool = False, dynamic_batch: bool = True) -> bytes:
-    """Serialized ONNX (opset 17, legacy tracer) of the BN-folded network; see module docstring."""
+                      output: str = "labels", with_confidence: bool = False, dynamic_batch: bool = True,
+                      argmax: str = "native") -> bytes:
+    """Serialized ONNX (opset 17, legacy tracer) of the BN-folded network; see module docstring.
+
+    ``argmax`` picks the spelling of the in-graph argmax (``full`` flavour; see ``graph.py``).
+    """
     import onnx
     import torch
 
     w, h = int(input_size[0]), int(input_size[1])
     model = fold_batchnorm(source.fresh_model())
     if flavour == "full":
-        module = InferenceGraph(model, source.card, output=output, with_confidence=with_confidence).eval()
+        module = InferenceGraph(model, source.card, output=output, with_confidence=with_confidence,
+                                argmax=argmax).eval()
         example = torch.zeros(1, h, w, 3, dtype=torch.uint8)
         input_names, output_names = [INPUT_NAME], module.output_names()
     elif flavour == "network":

@@ -11,6 +11,13 @@ Graph inputs / outputs (names used by ONNX and TensorRT):
 - ``confidence`` (``with_confidence``): (N, H, W) float32 max softmax probability.
 - ``logits`` (``output="logits"``): (N, C, H, W) float32, for cards that ask for bilinear
   upsampling of logits at the camera resolution.
+
+Two spellings of the argmax give identical labels (the first maximal class wins, as in
+``torch.argmax``): ``native`` (one ``ArgMax`` op) and ``compare`` (a running maximum over the
+class planes with a strict greater-than, so a later class replaces the best only when it is
+larger). OpenVINO's CPU plugin runs ``ArgMax`` as a TopK that reads the channel-strided logits
+slowly (4.7 of 26 ms for ESPNet at 640x360) but fuses the compare chain into one elementwise
+kernel (~1 ms); ONNX Runtime and torch are faster with ``native``.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from ..weights import ModelCard
 
 INPUT_NAME = "image"
 OUTPUTS = ("labels", "confidence", "logits")
+ARGMAX_MODES = ("native", "compare")
 
 
 class InferenceGraph(nn.Module):
@@ -33,13 +41,17 @@ class InferenceGraph(nn.Module):
         card: model card (normalisation facts).
         output: ``"labels"`` or ``"logits"``.
         with_confidence: also return the max softmax probability (``output="labels"`` only).
+        argmax: ``native`` or ``compare`` (same labels; see the module docstring).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, output: str = "labels",
-                 with_confidence: bool = False) -> None:
+                 with_confidence: bool = False, argmax: str = "native") -> None:
         super().__init__()
         if output not in ("labels", "logits"):
             raise ValueError("output must be 'labels' or 'logits', got {!r}".format(output))
+        if argmax not in ARGMAX_MODES:
+            raise ValueError("argmax must be one of {}, got {!r}".format(ARGMAX_MODES, argmax))
+        self.argmax = argmax
         self.model = model
         self.output = output
         self.with_confidence = bool(with_confidence) and output == "labels"
@@ -63,10 +75,21 @@ class InferenceGraph(nn.Module):
         logits = self.model(x.to(dtype))
         if self.output == "logits":
             return logits.float()
-        labels = logits.argmax(dim=1).to(torch.uint8)
+        labels = compare_argmax(logits) if self.argmax == "compare" else logits.argmax(dim=1).to(torch.uint8)
         if not self.with_confidence:
             return labels
         return labels, _max_softmax(logits.float())
+
+
+def compare_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W) uint8 argmax as a running maximum; ties keep the first class."""
+    best = logits[:, 0]
+    labels = torch.zeros_like(best, dtype=torch.uint8)
+    for c in range(1, logits.shape[1]):
+        plane = logits[:, c]
+        labels = torch.where(plane > best, torch.full_like(labels, c), labels)
+        best = torch.maximum(best, plane)
+    return labels
 
 
 def _max_softmax(logits: torch.Tensor) -> torch.Tensor:

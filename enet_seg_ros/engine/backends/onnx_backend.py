@@ -36,17 +36,20 @@ def ort_gpu_available() -> bool:
     return any(p in ort_providers() for p in GPU_PROVIDERS)
 
 
-def onnx_fields(source: ModelSource, input_size: Tuple[int, int], output: str, with_confidence: bool) -> Dict[str, str]:
+def onnx_fields(source: ModelSource, input_size: Tuple[int, int], output: str, with_confidence: bool,
+                argmax: str = "native") -> Dict[str, str]:
     """Cache key of the fp32 inference graph (also read by the OpenVINO backend)."""
+    variant = output + ("+conf" if with_confidence and output == "labels" else "")
+    if argmax != "native" and output == "labels":
+        variant += "+argmax-" + argmax
     return {"arch": source.arch, "size": "{}x{}".format(*input_size), "weights_sha256": source.sha256,
-            "variant": output + ("+conf" if with_confidence and output == "labels" else ""),
-            "precision": "fp32", "graph_format": GRAPH_FORMAT}
+            "variant": variant, "precision": "fp32", "graph_format": GRAPH_FORMAT}
 
 
 def fp32_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, int], output: str = "labels",
-              with_confidence: bool = False) -> Path:
+              with_confidence: bool = False, argmax: str = "native") -> Path:
     """The cached fp32 inference graph, exported (and stored) when missing, stale or corrupt."""
-    fields = onnx_fields(source, input_size, output, with_confidence)
+    fields = onnx_fields(source, input_size, output, with_confidence, argmax)
     path, reason = cache.lookup(fields, ".onnx")
     if path is not None:
         return path
@@ -54,7 +57,7 @@ def fp32_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
         LOG.warning("cached ONNX for %s is stale or corrupt (%s); rebuilding", source.arch, reason)
         cache.discard(fields, ".onnx")
     return cache.store(fields, ".onnx", export_onnx_bytes(source, input_size, output=output,
-                                                          with_confidence=with_confidence))
+                                                          with_confidence=with_confidence, argmax=argmax))
 
 
 class OnnxRuntimeBackend(Backend):

@@ -7,6 +7,11 @@ CPUs with AVX512-BF16 / AMX, runs bf16 on the matrix units. Measured here (2-cor
 OpenVINO picks bf16 by itself on AMX CPUs when no precision is asked for; this backend always
 sets the inference precision, so ``fp32`` really is fp32 and bf16 stays opt-in (lossy).
 
+Each batch size gets its own static-shape compiled model (batch 1 at start-up, others on first
+use): with a fixed shape OpenVINO plans memory and picks kernels once, 10-20 % faster than the
+dynamic-batch graph here. The graph spells its argmax as a compare chain (``argmax="compare"``,
+same labels), which OpenVINO fuses into one kernel instead of a slow channel-strided TopK.
+
 Only used when asked for (``backend="openvino"``), never by ``auto``: with OpenVINO 2026.4 and
 torch 2.13 loaded in one process, later PyTorch training in that process died with SIGSEGV.
 An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affected in our tests.
@@ -14,6 +19,7 @@ An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affecte
 from __future__ import annotations
 
 from pathlib import Path
+from collections import OrderedDict
 from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
@@ -24,6 +30,8 @@ from .base import Backend, BackendUnavailable, check_forced_failure
 from .onnx_backend import fp32_onnx
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+MAX_BATCH = 8
+COMPILED_KEPT = 3  # compiled batch sizes kept in memory (least recently used dropped first)
 
 
 def _cpu_core():
@@ -86,27 +94,46 @@ class OpenVinoBackend(Backend):
         self.device, self.precision = "cpu", precision
         self.input_size = (int(input_size[0]), int(input_size[1]))
         cache = ArtifactCache(cache_dir, "onnx")
-        self.path: Path = fp32_onnx(cache, source, self.input_size, output, with_confidence)
+        self.path: Path = fp32_onnx(cache, source, self.input_size, output, with_confidence, argmax="compare")
         blob_dir = cache.root.parent / "openvino"
         blob_dir.mkdir(parents=True, exist_ok=True)
         config: Dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
                                      "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(blob_dir)}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled = core.compile_model(str(self.path), "CPU", config)
-        self._request = self._compiled.create_infer_request()
-        self.outputs = tuple(port.get_any_name() for port in self._compiled.outputs)
+        self.max_batch = MAX_BATCH
+        self._core, self._config = core, config
+        self._compiled: "OrderedDict[int, tuple]" = OrderedDict()
+        compiled, _ = self._compiled_for(1)
+        self.outputs = tuple(port.get_any_name() for port in compiled.outputs)
         self.details = {"openvino": ov.get_version().split("-")[0], "threads": threads or "auto",
                         "onnx": self.path.name}
 
+    def _compiled_for(self, batch_size: int):
+        """``(compiled model, infer request)`` for a static batch size, compiled on first use."""
+        entry = self._compiled.get(batch_size)
+        if entry is None:
+            model = self._core.read_model(str(self.path))
+            width, height = self.input_size
+            model.reshape({0: [batch_size, height, width, 3]})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            entry = (compiled, compiled.create_infer_request())
+            self._compiled[batch_size] = entry
+            while len(self._compiled) > COMPILED_KEPT:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(batch_size)
+        return entry
+
     def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:  # noqa: D102
-        results = self._request.infer({0: batch})
+        if not 1 <= batch.shape[0] <= MAX_BATCH:
+            raise ValueError("openvino backend takes batches of 1 to {} frames, got {}".format(MAX_BATCH, batch.shape[0]))
+        compiled, request = self._compiled_for(batch.shape[0])
+        results = request.infer({0: batch})
         # The request reuses its output buffers on the next call: hand out copies.
-        return {name: np.array(results[port], copy=True) for name, port in zip(self.outputs, self._compiled.outputs)}
+        return {name: np.array(results[port], copy=True) for name, port in zip(self.outputs, compiled.outputs)}
 
     def close(self) -> None:  # noqa: D102
-        self._request = None
-        self._compiled = None
+        self._compiled.clear()
 
 
 __all__ = ["OpenVinoBackend", "openvino_status"]
