@@ -46,6 +46,12 @@ def test_bench_json_schema_on_a_tiny_run(tmp_path, capsys):
         assert rec["end_to_end_ms_median"] > 0 and rec["gflops"] > 0
     eager = [r for r in results if r["backend"] == "torch-eager"]
     assert len(eager) == 2 and all(r["speedup_vs_eager"] == 1.0 for r in eager)
+    for base in eager:
+        # Timed before and after the block's backends; the faster median is the baseline.
+        assert len(base["eager_ms_medians"]) == 2 and base["ms_median"] == min(base["eager_ms_medians"])
+        for rec in results:
+            if rec["width"] == base["width"] and rec is not base:
+                assert rec["speedup_vs_eager"] == pytest.approx(base["ms_median"] / rec["ms_median"], rel=1e-2)
     by_size = {r["width"]: r["gflops"] for r in eager}
     assert by_size[96] == pytest.approx(by_size[64] * 2, rel=0.1)  # FLOPs scale with pixels
     if not torch.cuda.is_available():
