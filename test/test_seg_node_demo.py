@@ -43,6 +43,22 @@ def test_demo_segments_frames_and_writes_overlays(weights, tmp_path):
     assert "stopped:" in (out / "seg_node.log").read_text()  # the node shut down cleanly
 
 
+def test_demo_on_openvino_bf16(tmp_path):
+    # The README's fastest x86 setting, in a real seg_node process (OpenVINO stays out of the test
+    # process, see test_engine_openvino.py); the shipped model, since bf16 is meant for trained weights.
+    pytest.importorskip("openvino")
+    out = tmp_path / "demo"
+    proc = _demo("--backend", "openvino", "--precision", "bf16", "--frames", "10", "--out", str(out), "--pngs", "1")
+    if proc.returncode != 0 and "bf16 needs AVX512-BF16" in proc.stdout + proc.stderr + (out / "seg_node.log").read_text():
+        pytest.skip("this CPU has no bf16 units")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    node = summary["seg_node"]  # seg_node's /diagnostics values
+    assert (node["backend"], node["precision"], node["device"]) == ("openvino", "bf16", "cpu")
+    assert int(node["frames_processed"]) >= 5 and int(node["errors"]) == 0
+    assert "backend openvino (cpu, bf16)" in (out / "seg_node.log").read_text()
+
+
 def test_demo_without_a_model_says_what_to_do(tmp_path):
     proc = _demo("--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "demo"))
     assert proc.returncode == 2

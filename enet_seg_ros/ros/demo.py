@@ -41,6 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--size", default="640x360", help="synthetic frame size WxH (default 640x360)")
     parser.add_argument("--weights", default="", help="weights file (default: the shipped model)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt")
+    parser.add_argument("--precision", default="", help="seg_node precision (fp32, fp16, bf16, int8; default: the backend's)")
     parser.add_argument("--pngs", type=int, default=4, help="overlay PNGs to write (default 4)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
@@ -138,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
     t_start = time.monotonic()
     seg, seg_log = _spawn("enet_seg_ros.ros.seg_node", [
-        "-p", "weights:={}".format(weights), "-p", "backend:={}".format(args.backend)], out / "seg_node.log", env)
+        "-p", "weights:={}".format(weights), "-p", "backend:={}".format(args.backend),
+        *(["-p", "precision:={}".format(args.precision)] if args.precision else [])], out / "seg_node.log", env)
     src = None
     rclpy.init(args=["demo"])
     node = Node("demo_viewer")

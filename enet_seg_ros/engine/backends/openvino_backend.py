@@ -1,8 +1,8 @@
-"""OpenVINO backend (Intel CPUs): the same cached ONNX inference graph ONNX Runtime runs.
+"""OpenVINO backend (Intel CPUs): the cached ONNX inference graph, compiled for the CPU.
 
 OpenVINO fuses convolution epilogues (BN, PReLU, adds, concats) into its CPU kernels and, on
 CPUs with AVX512-BF16 / AMX, runs bf16 on the matrix units. Measured here (2-core Xeon with AMX,
-640x360): ESPNet 41 ms fp32 / 25 ms bf16 vs 58 ms in ONNX Runtime (BENCHMARKS.md).
+640x360, run E in BENCHMARKS.md): ESPNet 34 ms fp32 / 19 ms bf16 vs 61 ms in ONNX Runtime.
 
 OpenVINO picks bf16 by itself on AMX CPUs when no precision is asked for; this backend always
 sets the inference precision, so ``fp32`` really is fp32 and bf16 stays opt-in (lossy).
@@ -18,8 +18,8 @@ An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affecte
 """
 from __future__ import annotations
 
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
