@@ -1,4 +1,4 @@
-"""OpenVINO backend: same graph and cache as ONNX Runtime, fp32 parity, bf16 agreement, batches.
+"""OpenVINO backend: its cached graph and compiled blobs, fp32 parity, bf16 agreement, batches.
 
 OpenVINO is loaded only in a child pytest process: with OpenVINO 2026.4 and torch 2.13 in one
 process, PyTorch training later in that process died with SIGSEGV (the suite's training tests

@@ -239,7 +239,7 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
                     results.append(rec)
                     say(_line(rec))
                     seg.close()
-            _rebase_on_faster_eager(results, block_start, time_eager(), peak, say)
+            _rebase_on_faster_eager(results, block_start, base, time_eager(), peak, say)
     machine["loadavg_at_end"] = [round(v, 2) for v in _loadavg()]
     machine["matmul_gflops_fp32_at_end"] = round(matmul_gflops(config.threads), 1)
     return {"machine": machine, "conventions": CONVENTIONS, "results": results, "skipped": skipped}
@@ -280,13 +280,12 @@ def _record(base: Dict[str, Any], backend: str, precision: str, device: str, t_b
     return rec
 
 
-def _rebase_on_faster_eager(results: List[Dict[str, Any]], start: int, second: Tuple[List[float], List[float]],
-                            peak: float, say) -> None:
+def _rebase_on_faster_eager(results: List[Dict[str, Any]], start: int, base: Dict[str, Any],
+                            second: Tuple[List[float], List[float]], peak: float, say) -> None:
     """Use the faster of the block's two eager timings as its baseline; recompute its speed-ups."""
     first = results[start]
     first_ms, second_ms = first["ms_median"], round(float(np.median(second[0])), 3)
     if second_ms < first_ms:
-        base = {k: first[k] for k in ("arch", "width", "height", "gflops", "params", "fp16_mb", "weights")}
         first = results[start] = _record(base, EAGER, "fp32", "cpu", second[0], second[1], second_ms, peak, {})
     first["eager_ms_medians"] = [first_ms, second_ms]
     for rec in results[start + 1:]:

@@ -222,8 +222,8 @@ def _make_node_class():
             self._worker.start()
             self._output_worker.start()
             self.get_logger().info("ready: model {} ({}), backend {} ({}, {}), input {} -> outputs on {}/*".format(
-                self.model_name, self.segmenter_input_text(), self.backend_name, getattr(self.segmenter, "device", "?"),
-                getattr(self.segmenter, "precision", "?"), self.sub.topic_name, self.get_fully_qualified_name()))
+                self.model_name, self.segmenter_input_text(), self.backend_name, self.segmenter.device,
+                self.segmenter.precision, self.sub.topic_name, self.get_fully_qualified_name()))
 
         # -- model information --------------------------------------------------------------
         @property
@@ -425,8 +425,8 @@ def _make_node_class():
                 status.message += "; last problem: " + self._last_error
                 self._last_error = ""
             values = dict(snap)
-            values.update(backend=self.backend_name, precision=getattr(self.segmenter, "precision", "?"),
-                          device=getattr(self.segmenter, "device", "?"), model=self.model_name,
+            values.update(backend=self.backend_name, precision=self.segmenter.precision,
+                          device=self.segmenter.device, model=self.model_name,
                           input_topic=self.sub.topic_name, output_resolution=self.cfg["output_resolution"])
             status.values = key_values(values)
             arr = DiagnosticArray(status=[status])

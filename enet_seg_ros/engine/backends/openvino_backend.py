@@ -103,6 +103,7 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.max_batch = MAX_BATCH
         self._core, self._config = core, config
+        self._model = core.read_model(str(self.path))  # parsed once; each batch size compiles a clone
         self._compiled: "OrderedDict[int, tuple]" = OrderedDict()
         compiled, _ = self._compiled_for(1)
         self.outputs = tuple(port.get_any_name() for port in compiled.outputs)
@@ -113,7 +114,7 @@ class OpenVinoBackend(Backend):
         """``(compiled model, infer request)`` for a static batch size, compiled on first use."""
         entry = self._compiled.get(batch_size)
         if entry is None:
-            model = self._core.read_model(str(self.path))
+            model = self._model.clone()
             width, height = self.input_size
             model.reshape({0: [batch_size, height, width, 3]})
             compiled = self._core.compile_model(model, "CPU", self._config)
@@ -134,6 +135,7 @@ class OpenVinoBackend(Backend):
 
     def close(self) -> None:  # noqa: D102
         self._compiled.clear()
+        self._model = None
 
 
 __all__ = ["OpenVinoBackend", "openvino_status"]
