@@ -106,14 +106,14 @@ class _BagSource:
         self.path = path
 
     def decoded(self):
-        from enet_seg_ros.evaluate.bag_io import BagReader, decode_frame
+        from enet_seg_ros.io.bags import BagReader, decode_frame
 
         with BagReader(self.path) as bag:
             topic = bag.find_image_topic().topic
             return [decode_frame(m.msg, m.msgtype) for m in bag.messages([topic])]
 
     def run(self, pipeline, workers: int):
-        from enet_seg_ros.evaluate.bag_io import BagReader
+        from enet_seg_ros.io.bags import BagReader
         from enet_seg_ros.evaluate.runners import BagFrames
 
         with BagReader(self.path) as bag:

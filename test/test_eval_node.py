@@ -152,7 +152,7 @@ def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
 
     from enet_seg_ros.evaluate import make_evaluator
     from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_conv import array_to_image
+    from enet_seg_ros.io.image_conv import array_to_image
 
     out = tmp_path / "out"
     node = EvalNode(context=context, parameter_overrides=_params(
@@ -213,7 +213,7 @@ def test_eval_node_reports_seg_node_backend_and_live_latency(weights, tmp_path, 
     from std_msgs.msg import Header
 
     from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_conv import array_to_image
+    from enet_seg_ros.io.image_conv import array_to_image
     from enet_seg_ros.ros.qos import diagnostics_qos
 
     out = tmp_path / "out"

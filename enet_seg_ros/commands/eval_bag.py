@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate the bag; returns 0 (errors raise with a message naming bag / topic / stamp)."""
     from ..evaluate import make_evaluator
-    from ..evaluate.bag_io import IMAGE_TYPE, IMAGE_TYPES, BagReader, format_stamp
+    from ..io.bags import IMAGE_TYPE, IMAGE_TYPES, BagReader, format_stamp
     from ..evaluate.runners import (BagFrames, EvalPipeline, load_for_dataset, measure_bare, parse_size,
                                     print_summary, read_index, record_throughput, write_outputs)
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the bag; returns 0."""
     from tqdm import tqdm
 
-    from ..evaluate.bag_io import BagWriter, format_stamp
+    from ..io.bags import BagWriter, format_stamp
     from ..evaluate.folders import find_labelled_frames, read_instance_ids, read_label_ids, read_rgb
 
     if not 0 < args.rate <= 1e6:

@@ -339,7 +339,7 @@ def bare_throughput(segmenter: Any, images: Sequence[np.ndarray], channel_order:
 
 def measure_bare(bag: Any, image: Any, segmenter: Any, limit: int = THROUGHPUT_FRAMES) -> float:
     """:func:`bare_throughput` over the first ``limit`` decodable frames of a bag topic."""
-    from .bag_io import decode_frame
+    from ..io.bags import decode_frame
 
     frames: List[Tuple[np.ndarray, str]] = []
     for m in bag.messages([image.topic]):
@@ -575,7 +575,7 @@ class BagFrames:
 
     # -- decoding (worker threads) ----------------------------------------------------------
     def _frame_item(self, m: Any) -> EvalItem:
-        from .bag_io import decode_frame
+        from ..io.bags import decode_frame
 
         where = m.where(self.bag.path)
         stamp = m.stamp_ns if m.stamp_ns is not None else m.timestamp
@@ -588,7 +588,7 @@ class BagFrames:
         return EvalItem(name=where, stem=stamp_stem(stamp), image=image, channel_order=order)
 
     def _label(self, m: Any, what: str, encodings: Sequence[str]) -> np.ndarray:
-        from .bag_io import BagError, decode_label
+        from ..io.bags import BagError, decode_label
 
         if m.error is not None:
             raise BagError("{} message unreadable ({}): {}".format(what, m.where(self.bag.path), m.error))

@@ -151,7 +151,7 @@ def bare_worker(weights: str, backend: str) -> int:
     scheduling on a shared machine (threads of one busy process compete differently).
     """
     from ..engine import Segmenter
-    from .scenes import render_scene
+    from ..io.scenes import render_scene
 
     frames = [render_scene(i, 640, 360)[0] for i in range(10)]
     seg = Segmenter(weights, backend=backend, confidence=True)
@@ -195,8 +195,8 @@ def bench_node(weights: str, backend: str, seconds: float, rounds: int = 3) -> D
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from .image_conv import array_to_image
-    from .scenes import render_scene
+    from ..io.image_conv import array_to_image
+    from ..io.scenes import render_scene
     from .testing import wait_until
 
     env = _env()

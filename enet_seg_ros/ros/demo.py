@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(args, out: Path, source: str, received, diagnostics, code: int) -> int:
     import cv2
 
-    from .image_conv import image_to_rgb
+    from ..io.image_conv import image_to_rgb
 
     if len(received) < 2:
         print("demo: error: {} overlays received; see {}/seg_node.log".format(len(received), out), file=sys.stderr)

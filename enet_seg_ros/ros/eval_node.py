@@ -84,13 +84,13 @@ def _make_node_class():
 
     from ..data.labels import get_label_spec
     from ..evaluate import make_evaluator
-    from ..evaluate.bag_io import format_stamp, stamp_to_ns
+    from ..io.bags import format_stamp, stamp_to_ns
     from ..evaluate.pairing import GT, INSTANCES, MAIN, StampPairer
     from ..evaluate.runners import (EvalItem, EvalPipeline, EvalStats, check_model_matches, model_description,
                                     prediction_lut, write_outputs)
     from ..weights import read_card, resolve_weights
     from .diagnostics import Throttle, key_values
-    from .image_conv import image_to_array
+    from ..io.image_conv import image_to_array
     from .qos import diagnostics_qos, image_qos
 
     class EvalNode(Node):
