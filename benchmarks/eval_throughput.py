@@ -40,7 +40,8 @@ def main() -> int:
         parser.error("give --images and --labels, or --bag")
 
     from enet_seg_ros.evaluate import make_evaluator
-    from enet_seg_ros.evaluate.runners import EvalPipeline, bare_throughput, load_for_dataset
+    from enet_seg_ros.evaluate.model import load_for_dataset
+    from enet_seg_ros.evaluate.pipeline import EvalPipeline, bare_throughput
 
     model = load_for_dataset(args.weights, args.dataset, args.backend, threads=args.threads)
     source = _BagSource(args.bag) if args.bag else _FolderSource(args.dataset, args.images, args.labels)
@@ -96,7 +97,7 @@ class _FolderSource:
         return [(read_bgr(f.image_path), "bgr") for f in self.frames]
 
     def run(self, pipeline, workers: int):
-        from enet_seg_ros.evaluate.runners import folder_jobs
+        from enet_seg_ros.evaluate.frames import folder_jobs
 
         return pipeline.run(folder_jobs(self.frames, self.dataset == "cityscapes"), progress=False, workers=workers)
 
@@ -114,7 +115,7 @@ class _BagSource:
 
     def run(self, pipeline, workers: int):
         from enet_seg_ros.io.bags import BagReader
-        from enet_seg_ros.evaluate.runners import BagFrames
+        from enet_seg_ros.evaluate.frames import BagFrames
 
         with BagReader(self.path) as bag:
             image = bag.find_image_topic()

@@ -28,7 +28,7 @@ from enet_seg_ros.engine import Segmenter  # noqa: E402
 from enet_seg_ros.io.image_conv import array_to_compressed, array_to_image  # noqa: E402
 from enet_seg_ros.io.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import SegNode  # noqa: E402
-from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
+from ros_harness import RosHarness, stamp_key, wait_until  # noqa: E402
 
 FRAME = render_scene(3, 320, 240)[0]
 

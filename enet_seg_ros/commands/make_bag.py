@@ -19,14 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
+from ..io.topics import COMPRESSED_SUFFIX, IMAGE_TOPIC, INSTANCES_TOPIC, LABELS_TOPIC
 from .common_args import add_dataset_folder_arguments
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_TOPIC = "/camera/image_raw"
-COMPRESSED_TOPIC = IMAGE_TOPIC + "/compressed"
-LABELS_TOPIC = "/camera/labels_gt"
-INSTANCES_TOPIC = "/camera/instances_gt"
+COMPRESSED_TOPIC = IMAGE_TOPIC + COMPRESSED_SUFFIX
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from .image_conv import RAW_ENCODINGS, compressed_to_color, raw_to_array, to_color
-from .topics import COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, looks_like_gt
+from .topics import COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, IMAGE_TYPES, looks_like_gt
 
 LOG = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class BagReader:
                 what, topic, self.path, info.msgtype, " or ".join(types)))
         return info
 
-    def find_image_topic(self, preferred: str = "/camera/image_raw") -> TopicInfo:
+    def find_image_topic(self, preferred: str = IMAGE_TOPIC) -> TopicInfo:
         """The camera topic: ``preferred`` or its ``/compressed`` sibling, else the only image topic."""
         for name in (preferred, preferred + "/compressed"):
             info = self.topics.get(name)

@@ -27,3 +27,10 @@ def looks_like_gt(topic: str) -> bool:
     """True for label / instance topics (``.../labels_gt``, ``.../instances``), which are not camera frames."""
     name = topic.rsplit("/", 1)[-1]
     return name.endswith("_gt") or "labels" in name or "instances" in name
+
+
+# The camera and ground-truth topics the tools write and read by default (make-bag, eval-bag,
+# image_source, eval_node).
+IMAGE_TOPIC = "/camera/image_raw"
+LABELS_TOPIC = "/camera/labels_gt"
+INSTANCES_TOPIC = "/camera/instances_gt"

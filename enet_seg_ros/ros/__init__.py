@@ -14,5 +14,4 @@ This sub-package is the only place that imports rclpy. Message and file code wit
 - :mod:`.runner`: process entry: start-up errors -> exit code 2, clean SIGINT / SIGTERM.
 - :mod:`.demo`: ``make demo``.
 - :mod:`.bench`: transport (QoS) and node-vs-bare benchmarks for BENCHMARKS.md.
-- :mod:`.testing`: an rclpy test harness (own context, spinning executor, probe node).
 """

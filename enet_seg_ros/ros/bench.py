@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .qos import image_qos
+
 
 def _env() -> Dict[str, str]:
     env = dict(os.environ)
@@ -53,23 +55,56 @@ def machine() -> str:
 
 
 class _Probe:
-    """An rclpy node in this process that records arrivals on some topics."""
+    """An rclpy node in its own context, spun on a thread, that records what arrives on some topics."""
 
     def __init__(self) -> None:
-        from .testing import RosHarness
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
 
-        self.ros = RosHarness(threads=2)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.node = Node("bench_probe_{}".format(os.getpid()), context=self.context)
+        self.executor.add_node(self.node)
         self.arrivals: Dict[str, List] = {}
+        self._closing = False
+        self._thread = threading.Thread(target=self._spin, name="bench_probe", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while self.context.ok() and not self._closing:
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: BLE001 - the context shut down under us: stop spinning
+            pass
 
     def listen(self, msg_type, topic: str, reliability: str, depth: int = 1) -> List:
+        """Record ``(arrival time, header stamp)`` of each message on ``topic``."""
         bucket = self.arrivals.setdefault(topic, [])
-        self.ros.probe.create_subscription(
+        self.node.create_subscription(
             msg_type, topic, lambda m: bucket.append((time.time(), m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec)),
-            self.ros.qos(reliability, depth))
+            image_qos(reliability, depth))
         return bucket
 
+    def collect(self, msg_type, topic: str, reliability: str, depth: int) -> List:
+        """Keep every message on ``topic`` (returned list)."""
+        bucket: List = []
+        self.node.create_subscription(msg_type, topic, bucket.append, image_qos(reliability, depth))
+        return bucket
+
+    def publisher(self, msg_type, topic: str, reliability: str, depth: int):
+        return self.node.create_publisher(msg_type, topic, image_qos(reliability, depth))
+
     def close(self) -> None:
-        self.ros.close()
+        import rclpy
+
+        self._closing = True
+        self._thread.join(timeout=10.0)
+        self.executor.shutdown(timeout_sec=5.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
 
 
 def _spawn(module: str, params: Dict[str, object], env) -> subprocess.Popen:
@@ -105,7 +140,7 @@ def bench_qos(rates: Sequence[float], frames: int, size: str = "640x360") -> Lis
     """Delivered fraction and latency of raw frames, best effort vs reliable, per rate."""
     from sensor_msgs.msg import Image
 
-    from .testing import wait_until
+    from .runner import wait_until
 
     env = _env()
     rows = []
@@ -197,7 +232,7 @@ def bench_node(weights: str, backend: str, seconds: float, rounds: int = 3) -> D
 
     from ..io.image_conv import array_to_image
     from ..io.scenes import render_scene
-    from .testing import wait_until
+    from .runner import wait_until
 
     env = _env()
     frames = [render_scene(i, 640, 360)[0] for i in range(10)]
@@ -207,9 +242,9 @@ def bench_node(weights: str, backend: str, seconds: float, rounds: int = 3) -> D
     labels = probe.listen(Image, "/seg_node/labels", "reliable", 5)
     for name in ("color", "overlay"):
         probe.listen(Image, "/seg_node/" + name, "reliable", 5)
-    probe.ros.collect(DiagnosticArray, "/seg_node/class_stats", "reliable", 5)
-    diags = probe.ros.collect(DiagnosticArray, "/diagnostics", "reliable", 10)
-    pub = probe.ros.publisher(Image, "/camera/image_raw", "reliable", 1)
+    probe.collect(DiagnosticArray, "/seg_node/class_stats", "reliable", 5)
+    diags = probe.collect(DiagnosticArray, "/diagnostics", "reliable", 10)
+    pub = probe.publisher(Image, "/camera/image_raw", "reliable", 1)
     node = _spawn("enet_seg_ros.ros.seg_node", {"weights": weights, "backend": backend}, env)
     counter = [0]
 
@@ -259,8 +294,8 @@ def bench_node(weights: str, backend: str, seconds: float, rounds: int = 3) -> D
     try:
         _wait_ready(node)
         assert wait_until(lambda: pub.get_subscription_count() > 0, 60.0), "seg_node did not subscribe"
-        assert wait_until(lambda: probe.ros.probe.count_publishers("/seg_node/overlay") > 0, 60.0)
-        client = AsyncParameterClient(probe.ros.probe, "/seg_node")
+        assert wait_until(lambda: probe.node.count_publishers("/seg_node/overlay") > 0, 60.0)
+        client = AsyncParameterClient(probe.node, "/seg_node")
         client.wait_for_services(timeout_sec=30.0)
 
         def outputs(all_on: bool) -> None:

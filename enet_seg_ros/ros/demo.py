@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
 
     from .qos import image_qos
-    from .testing import wait_until
+    from .runner import wait_until
 
     t_start = time.monotonic()
     seg, seg_log = _spawn("enet_seg_ros.ros.seg_node", [

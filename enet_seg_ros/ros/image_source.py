@@ -26,20 +26,24 @@ import time
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from ..io.camera_info import nominal_camera_info
 from ..io.image_conv import array_to_compressed, array_to_image, compressed_to_color, image_to_color
 from ..io.sources import DEFAULT_FOLDER_RATE_HZ, SourceFrame, open_source
-from ..io.topics import CAMERA_INFO_TYPE, COMPRESSED_TYPE, IMAGE_TYPE, sibling_topic
+from ..io.topics import CAMERA_INFO_TYPE, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, sibling_topic
 from .params import ParamSpec, declare_all
-from .qos import RELIABILITY_CHOICES
-from .runner import lazy_class, run_node
+from .qos import RELIABILITY_CHOICES, image_qos
+from .runner import run_node
 
 RAW_OUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
 PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("source", "", "image folder, video file, ROS 2 bag, or synthetic[:WxH[:N]]"),
-    ParamSpec("topic", "/camera/image_raw", "image topic to publish (CompressedImage goes to <topic>/compressed)"),
+    ParamSpec("topic", IMAGE_TOPIC, "image topic to publish (CompressedImage goes to <topic>/compressed)"),
     ParamSpec("frame_id", "", "header.frame_id for file frames (and bag frames when set); empty: 'camera' / recorded"),
     ParamSpec("rate_hz", 0.0, "publish rate; 0 = the source's own timing (bag times, video FPS; 10 Hz for folders)",
               value_range=(0.0, 1000.0)),
@@ -63,159 +67,145 @@ PARAMS: Tuple[ParamSpec, ...] = (
 )
 
 
-def _make_node_class():
-    """Build the Node subclass lazily so importing this module does not need rclpy."""
-    from rclpy.node import Node
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+_MSG_CLASSES = {IMAGE_TYPE: Image, COMPRESSED_TYPE: CompressedImage, CAMERA_INFO_TYPE: CameraInfo}
 
-    from .qos import image_qos
 
-    msg_classes = {IMAGE_TYPE: Image, COMPRESSED_TYPE: CompressedImage, CAMERA_INFO_TYPE: CameraInfo}
+def _deserialize(raw: bytes, msgtype: str):
+    """Bag CDR bytes as an rclpy message, ready to publish."""
+    return deserialize_message(bytes(raw), _MSG_CLASSES[msgtype])
 
-    def deserialize(raw: bytes, msgtype: str):
-        """Bag CDR bytes as an rclpy message, ready to publish."""
-        return deserialize_message(bytes(raw), msg_classes[msgtype])
 
-    class ImageSource(Node):
-        """Publishes frames from a :class:`FrameSource` on a worker thread."""
+class ImageSource(Node):
+    """Publishes frames from a :class:`~enet_seg_ros.io.sources.FrameSource` on a worker thread.
 
-        def __init__(self, **kwargs) -> None:
-            super().__init__("image_source", **kwargs)
-            self.cfg = declare_all(self, PARAMS)
-            self.source = open_source(self.cfg["source"], self.cfg["bag_topic"],
-                                      on_warning=lambda text: self.get_logger().warning(text),
-                                      deserialize=deserialize)
-            qos = image_qos(self.cfg["qos_reliability"], self.cfg["qos_depth"])
-            topic = self.cfg["topic"]
-            if self.cfg["publish_compressed"]:
-                self.pub = self.create_publisher(CompressedImage, topic + "/compressed", qos)
-            else:
-                self.pub = self.create_publisher(Image, topic, qos)
-            self.info_pub = None
-            if self.cfg["publish_camera_info"]:
-                self.info_pub = self.create_publisher(CameraInfo, sibling_topic(topic, "camera_info"), qos)
-            self.published = 0
-            self._compressed_size: Optional[Tuple[int, int]] = None
-            self.done = threading.Event()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="image_source", daemon=True)
-            self.get_logger().info("publishing {} on {}{}".format(
-                self.source.description, self.pub.topic_name,
-                " at {:.1f} Hz".format(self.cfg["rate_hz"]) if self.cfg["rate_hz"] > 0 else " at source timing"))
+    Create it after ``rclpy.init`` (or with a ``context``); ``start()`` publishes.
+    """
 
-        def start(self) -> None:
-            """Start publishing (on a thread; :attr:`done` is set at the end)."""
-            self._thread.start()
+    def __init__(self, **kwargs) -> None:
+        super().__init__("image_source", **kwargs)
+        self.cfg = declare_all(self, PARAMS)
+        self.source = open_source(self.cfg["source"], self.cfg["bag_topic"],
+                                  on_warning=lambda text: self.get_logger().warning(text),
+                                  deserialize=_deserialize)
+        qos = image_qos(self.cfg["qos_reliability"], self.cfg["qos_depth"])
+        topic = self.cfg["topic"]
+        if self.cfg["publish_compressed"]:
+            self.pub = self.create_publisher(CompressedImage, topic + "/compressed", qos)
+        else:
+            self.pub = self.create_publisher(Image, topic, qos)
+        self.info_pub = None
+        if self.cfg["publish_camera_info"]:
+            self.info_pub = self.create_publisher(CameraInfo, sibling_topic(topic, "camera_info"), qos)
+        self.published = 0
+        self._compressed_size: Optional[Tuple[int, int]] = None
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="image_source", daemon=True)
+        self.get_logger().info("publishing {} on {}{}".format(
+            self.source.description, self.pub.topic_name,
+            " at {:.1f} Hz".format(self.cfg["rate_hz"]) if self.cfg["rate_hz"] > 0 else " at source timing"))
 
-        def stop(self) -> None:
-            """Stop publishing and join the thread."""
-            self._stop.set()
-            if self._thread.is_alive():
-                self._thread.join(timeout=10.0)
+    def start(self) -> None:
+        """Start publishing (on a thread; :attr:`done` is set at the end)."""
+        self._thread.start()
 
-        # -- publishing thread ------------------------------------------------------------
-        def _wait_for_subscribers(self) -> None:
-            want = self.cfg["wait_for_subscribers"]
-            deadline = time.monotonic() + self.cfg["wait_timeout_s"]
-            while want and self.pub.get_subscription_count() < want and not self._stop.is_set():
-                if time.monotonic() > deadline:
-                    self.get_logger().warning("only {} of {} subscribers after {:.0f} s; publishing anyway".format(
-                        self.pub.get_subscription_count(), want, self.cfg["wait_timeout_s"]))
+    def stop(self) -> None:
+        """Stop publishing and join the thread."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10.0)
+
+    # -- publishing thread ------------------------------------------------------------
+    def _wait_for_subscribers(self) -> None:
+        want = self.cfg["wait_for_subscribers"]
+        deadline = time.monotonic() + self.cfg["wait_timeout_s"]
+        while want and self.pub.get_subscription_count() < want and not self._stop.is_set():
+            if time.monotonic() > deadline:
+                self.get_logger().warning("only {} of {} subscribers after {:.0f} s; publishing anyway".format(
+                    self.pub.get_subscription_count(), want, self.cfg["wait_timeout_s"]))
+                return
+            time.sleep(0.02)
+
+    def _run(self) -> None:
+        try:
+            self._wait_for_subscribers()
+            self._publish_all()
+        except Exception as exc:  # a source failing mid-way: report it and end cleanly
+            if not self._stop.is_set() and self.context.ok():
+                self.get_logger().error("source failed: {}".format(exc))
+        finally:
+            self.done.set()
+
+    def _publish_all(self) -> None:
+        rate = self.cfg["rate_hz"]
+        own_rate = self.source.own_rate_hz or DEFAULT_FOLDER_RATE_HZ
+        max_frames = self.cfg["max_frames"]
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            # Bag timing: frame k is due at pass_start + (its time - the pass's first time).
+            pass_start, first_time = time.monotonic(), None
+            produced = False
+            for frame in self.source.frames():
+                if self._stop.is_set() or (max_frames and n >= max_frames):
                     return
-                time.sleep(0.02)
-
-        def _run(self) -> None:
-            try:
-                self._wait_for_subscribers()
-                self._publish_all()
-            except Exception as exc:  # a source failing mid-way: report it and end cleanly
-                if not self._stop.is_set() and self.context.ok():
-                    self.get_logger().error("source failed: {}".format(exc))
-            finally:
-                self.done.set()
-
-        def _publish_all(self) -> None:
-            rate = self.cfg["rate_hz"]
-            own_rate = self.source.own_rate_hz or DEFAULT_FOLDER_RATE_HZ
-            max_frames = self.cfg["max_frames"]
-            start = time.monotonic()
-            n = 0
-            while not self._stop.is_set():
-                # Bag timing: frame k is due at pass_start + (its time - the pass's first time).
-                pass_start, first_time = time.monotonic(), None
-                produced = False
-                for frame in self.source.frames():
-                    if self._stop.is_set() or (max_frames and n >= max_frames):
-                        return
-                    produced = True
-                    if rate > 0:
-                        due = start + n / rate
-                    elif self.source.own_rate_hz is None and frame.time_s is not None:
-                        first_time = frame.time_s if first_time is None else first_time
-                        due = pass_start + (frame.time_s - first_time)
-                    else:
-                        due = start + n / own_rate
-                    delay = due - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        return
-                    try:
-                        self._publish(frame)
-                    except ValueError as exc:  # e.g. a corrupt compressed frame in a bag
-                        self.get_logger().warning("frame {} skipped: {}".format(frame.index, exc))
-                    n += 1
-                if not self.cfg["loop"] or not produced:
-                    return
-
-        def _publish(self, frame: SourceFrame) -> None:
-            cfg = self.cfg
-            now = self.get_clock().now().to_msg()
-            if frame.message is not None:
-                msg = frame.message
-                if cfg["restamp"]:
-                    msg.header.stamp = now
-                if cfg["frame_id"]:
-                    msg.header.frame_id = cfg["frame_id"]
-                if cfg["publish_compressed"] and isinstance(msg, Image):
-                    pixels, order = image_to_color(msg)
-                    msg = array_to_compressed(pixels, order, "jpeg", cfg["jpeg_quality"], header=msg.header)
-                elif not cfg["publish_compressed"] and isinstance(msg, CompressedImage):
-                    pixels, order = compressed_to_color(msg)
-                    msg = array_to_image(np.ascontiguousarray(pixels[:, :, ::-1]), "rgb8", header=msg.header)
-                header = msg.header
-                raw = msg if isinstance(msg, Image) else frame.message
-                size = (raw.width, raw.height) if isinstance(raw, Image) else None
-            else:
-                from std_msgs.msg import Header
-
-                header = Header(stamp=now, frame_id=cfg["frame_id"] or "camera")
-                pixels = frame.pixels
-                if cfg["publish_compressed"]:
-                    msg = array_to_compressed(pixels, "rgb", "jpeg", cfg["jpeg_quality"], header=header)
+                produced = True
+                if rate > 0:
+                    due = start + n / rate
+                elif self.source.own_rate_hz is None and frame.time_s is not None:
+                    first_time = frame.time_s if first_time is None else first_time
+                    due = pass_start + (frame.time_s - first_time)
                 else:
-                    msg = array_to_image(*_encode(pixels, cfg["encoding"]), header=header)
-                size = (pixels.shape[1], pixels.shape[0])
-            self.pub.publish(msg)
-            self.published += 1
-            if self.info_pub is not None:
-                info = frame.camera_info
-                if info is None:
-                    if size is None:  # a compressed bag frame: decode once to learn the size
-                        size = self._compressed_size or compressed_to_color(frame.message)[0].shape[1::-1]
-                        self._compressed_size = size
-                    info = nominal_camera_info(*size)
-                info.header = header
-                self.info_pub.publish(info)
+                    due = start + n / own_rate
+                delay = due - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                try:
+                    self._publish(frame)
+                except ValueError as exc:  # e.g. a corrupt compressed frame in a bag
+                    self.get_logger().warning("frame {} skipped: {}".format(frame.index, exc))
+                n += 1
+            if not self.cfg["loop"] or not produced:
+                return
 
-    return ImageSource
+    def _publish(self, frame: SourceFrame) -> None:
+        cfg = self.cfg
+        now = self.get_clock().now().to_msg()
+        if frame.message is not None:
+            msg = frame.message
+            if cfg["restamp"]:
+                msg.header.stamp = now
+            if cfg["frame_id"]:
+                msg.header.frame_id = cfg["frame_id"]
+            if cfg["publish_compressed"] and isinstance(msg, Image):
+                pixels, order = image_to_color(msg)
+                msg = array_to_compressed(pixels, order, "jpeg", cfg["jpeg_quality"], header=msg.header)
+            elif not cfg["publish_compressed"] and isinstance(msg, CompressedImage):
+                pixels, order = compressed_to_color(msg)
+                msg = array_to_image(np.ascontiguousarray(pixels[:, :, ::-1]), "rgb8", header=msg.header)
+            header = msg.header
+            raw = msg if isinstance(msg, Image) else frame.message
+            size = (raw.width, raw.height) if isinstance(raw, Image) else None
+        else:
+            header = Header(stamp=now, frame_id=cfg["frame_id"] or "camera")
+            pixels = frame.pixels
+            if cfg["publish_compressed"]:
+                msg = array_to_compressed(pixels, "rgb", "jpeg", cfg["jpeg_quality"], header=header)
+            else:
+                msg = array_to_image(*_encode(pixels, cfg["encoding"]), header=header)
+            size = (pixels.shape[1], pixels.shape[0])
+        self.pub.publish(msg)
+        self.published += 1
+        if self.info_pub is not None:
+            info = frame.camera_info
+            if info is None:
+                if size is None:  # a compressed bag frame: decode once to learn the size
+                    size = self._compressed_size or compressed_to_color(frame.message)[0].shape[1::-1]
+                    self._compressed_size = size
+                info = nominal_camera_info(*size)
+            info.header = header
+            self.info_pub.publish(info)
 
-
-_node_class = lazy_class(_make_node_class)
-
-
-def ImageSource(*args, **kwargs):  # noqa: N802 - reads like the class it builds
-    """Create an ``image_source`` node (rclpy must be initialised); ``start()`` publishes."""
-    return _node_class()(*args, **kwargs)
 
 
 def _encode(rgb: np.ndarray, encoding: str) -> Tuple[np.ndarray, str]:
