@@ -13,5 +13,4 @@ This sub-package is the only place that imports rclpy. Message and file code wit
 - :mod:`.eval_node`: live evaluation of the labels against a ground-truth topic.
 - :mod:`.runner`: process entry: start-up errors -> exit code 2, clean SIGINT / SIGTERM.
 - :mod:`.demo`: ``make demo``.
-- :mod:`.bench`: transport (QoS) and node-vs-bare benchmarks for BENCHMARKS.md.
 """
