@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default (each backend's own), auto (Segmenter's default: the fastest validated "
                         "precision of the model card), or a comma list of fp32,fp16,bf16,int8; "
                         "'all' = default + bf16 + int8. Unsupported combinations are skipped")
+    p.add_argument("--modes", default=None, metavar="B/P,...",
+                   help="explicit backend/precision pairs instead of --backend x --precision, e.g. "
+                        "torch/default,openvino/int8,auto/auto (auto/auto = a default-settings Segmenter)")
     p.add_argument("--size", default="640x360", help="WxH[,WxH...] network input sizes")
     p.add_argument("--runs", type=int, default=30, help="timed runs per configuration (median / p90)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
@@ -110,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
     sizes = [parse_size(s) for s in _split(args.size)]
     if args.runs < 1:
         raise ValueError("--runs must be >= 1")
-    config = BenchConfig(archs=archs, backends=backends, sizes=sizes, precisions=precisions, runs=args.runs,
+    modes = None
+    if args.modes:
+        modes = [tuple(m.split("/", 1)) for m in _split(args.modes)]
+        for mode in modes:
+            if len(mode) != 2 or mode[0].partition("+")[0] not in known + ("auto",) or mode[1] not in (
+                    "default", "auto", "fp32", "fp16", "bf16", "int8"):
+                raise ValueError("--modes wants backend/precision pairs, got {!r}".format("/".join(mode)))
+    config = BenchConfig(archs=archs, backends=backends, modes=modes, sizes=sizes, precisions=precisions, runs=args.runs,
                          warmup=max(0, args.warmup), threads=args.threads, weights=weights, calibration=args.calib,
                          agreement_dir=args.agreement, agreement_limit=args.agreement_limit,
                          cache_dir=args.cache_dir, device=args.device)

@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -134,48 +134,10 @@ def read_onnx_card(path: PathLike):
     return None
 
 
-class _Reader:
-    """ONNX Runtime calibration reader over uint8 NHWC frames (one per batch)."""
-
-    def __init__(self, frames: Iterable[np.ndarray]) -> None:
-        self._it: Iterator[np.ndarray] = iter(frames)
-
-    def get_next(self):
-        frame = next(self._it, None)
-        return None if frame is None else {INPUT_NAME: frame[None]}
-
-    def rewind(self) -> None:  # ONNX Runtime calls this between passes on some versions
-        pass
-
-
 def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.ndarray],
                   op_types: Optional[Sequence[str]] = None) -> None:
-    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
+    """Static int8 Q/DQ quantisation of a ``full`` graph (kept name; see :func:`.quantize.quantize_qdq`)."""
+    from .quantize import INT8_OPS, QuantSettings, quantize_qdq
 
-    ``frames`` are calibration inputs: (H, W, 3) uint8 model-size frames, ideally from the
-    training distribution. Normalisation, argmax and confidence stay in float. Raises
-    ``ValueError`` without frames.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quantize_qdq(fp32_onnx, out_path, frames, QuantSettings(op_types=tuple(op_types or INT8_OPS)))
 
-    if not len(frames):
-        raise ValueError("int8 quantisation needs calibration frames (a folder of training images)")
-    out_path = Path(out_path)
-    pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(out_path), _Reader(frames),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(op_types or INT8_OPS),
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-    finally:
-        pre.unlink(missing_ok=True)
-
-
-# Ops whose int8 kernels pay off on x86 (VNNI / AMX); elementwise ops stay float.
-INT8_OPS = ("Conv", "ConvTranspose")
