@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         backend = TensorRTBackend(source, size, precision=args.precision, calibration=args.calib)
         engine_path, _ = backend.cache.paths(backend.fields, ENGINE_SUFFIX)
         shutil.copyfile(engine_path, out)
-        print("TensorRT {} engine ({} builder, TensorRT {}, {}): input 'input' float32 1x3x{}x{} normalised, "
-              "output 'logits'".format(backend.precision, backend.builder, backend.env["tensorrt"], backend.env["gpu"],
-                                       size[1], size[0]))
+        runner = backend._runner
+        print("TensorRT {} engine ({} builder, TensorRT {}, {}): input 'input' {} 1x3x{}x{} normalised, "
+              "output 'logits' {}".format(backend.precision, backend.builder, backend.env["tensorrt"],
+                                          backend.env["gpu"], str(runner.in_dtype).replace("torch.", ""),
+                                          size[1], size[0], str(runner.out_dtype).replace("torch.", "")))
     print("wrote {} ({:.2f} MB) for {} at {}x{}".format(out, out.stat().st_size / 1e6, source.card.arch, *size))
     return 0
