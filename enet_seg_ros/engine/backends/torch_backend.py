@@ -123,11 +123,11 @@ class TorchBackend(Backend):
         self.channels_last = bool(channels_last)
         self.graph.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self._run = self.graph
+        self._pipeline: Optional[CudaPipeline] = None  # set after compiling (which runs eagerly once)
         self.compiled = bool(compile) and self._compile()
         self.details = {"channels_last": self.channels_last, "threads": torch.get_num_threads()}
         if self.compiled:
             self.details["compiled"] = True
-        self._pipeline: Optional[CudaPipeline] = None
         if on_gpu:
             graphs = (not self.compiled) if cuda_graphs is None else bool(cuda_graphs)
             self._pipeline = CudaPipeline(self._run, device, self.input_size, len(self.outputs), graphs)
