@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             elif not args.no_instances and DEFAULT_INSTANCES_TOPIC in bag.topics:
                 inst_topic = DEFAULT_INSTANCES_TOPIC
         model = load_for_dataset(args.weights, args.dataset, args.backend, parse_size(args.size),
-                                 args.device, args.threads)
+                                 args.device, args.threads, strict=args.strict)
         with_instances = model.spec.dataset == "cityscapes" and not args.no_instances
         if inst_topic and not with_instances:
             LOG.info("%s present but %s has no instance metrics: not read", inst_topic, model.spec.dataset)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     frames, orphans = find_labelled_frames(args.dataset, args.images, args.labels)
     model = load_for_dataset(args.weights, args.dataset, args.backend, parse_size(args.size),
-                             args.device, args.threads)
+                             args.device, args.threads, strict=args.strict)
     with_instances = args.dataset == "cityscapes" and not args.no_instances
     evaluator = make_evaluator(model.spec)
     pipeline = EvalPipeline(model.segmenter, evaluator, model.pred_lut, spec=model.spec, resize_gt=args.resize_gt,
