@@ -205,3 +205,43 @@ def test_tensorrt_is_skipped_cleanly_without_a_gpu(tmp_path):
     with pytest.raises(RuntimeError, match="tensorrt-cuda: "):
         create_backend(source, (64, 48), backend="tensorrt", strict=True, cache_dir=tmp_path)
     assert why
+
+
+def test_legacy_exporter_selected_on_torch_with_and_without_the_dynamo_parameter():
+    """Item 10: ``dynamo=False`` only where torch.onnx.export has the parameter (torch >= 2.5)."""
+    from enet_seg_ros.engine.export import legacy_exporter_kwargs
+
+    def export_2_3(model, args, f, export_params=True, verbose=False, training=None, input_names=None,
+                   output_names=None, operator_export_type=None, opset_version=None, do_constant_folding=True,
+                   dynamic_axes=None, keep_initializers_as_inputs=None, custom_opsets=None,
+                   export_modules_as_functions=False, autograd_inlining=True):
+        """The pre-2.5 signature: no dynamo, no **kwargs."""
+
+    def export_2_5(model, args, f, *, opset_version=None, dynamo=False, **kwargs):
+        """The 2.5+ shape of it."""
+
+    assert legacy_exporter_kwargs(export_2_3) == {}
+    assert legacy_exporter_kwargs(export_2_5) == {"dynamo": False}
+    assert legacy_exporter_kwargs() == {"dynamo": False}  # this torch (>= 2.5)
+
+
+def test_fp16_network_graph_for_strongly_typed_tensorrt():
+    """TensorRT 11 builds fp16 only from a typed graph: the 'network' flavour in float16."""
+    import onnx
+
+    from enet_seg_ros.data.labels import get_label_spec
+    from enet_seg_ros.engine.export import export_onnx_bytes
+    from enet_seg_ros.engine.source import load_source
+    from enet_seg_ros.nets import build_model
+    from enet_seg_ros.weights import ModelCard
+
+    card = ModelCard.for_dataset("espnet", get_label_spec("camvid"), [64, 48])
+    source = load_source((build_model("espnet", 11), card))
+    proto = onnx.load_from_string(export_onnx_bytes(source, (64, 48), flavour="network", half=True))
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert inp.name == "input" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 3, 48, 64]
+    assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert {i.data_type for i in proto.graph.initializer} <= {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64}
+    with pytest.raises(ValueError, match="network"):
+        export_onnx_bytes(source, (64, 48), flavour="full", half=True)

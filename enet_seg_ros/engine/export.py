@@ -33,10 +33,13 @@ def legacy_exporter_kwargs(export_fn=None) -> dict:
     """Keyword arguments that select the TorchScript (legacy) ONNX exporter on this torch.
 
     ``torch.onnx.export`` gained its ``dynamo`` parameter in torch 2.5 (the torch 2.5 ONNX docs:
-    "PyTorch 2.5.0 or newer is required" for ``dynamo=True``) and defaults it to ``True`` from
-    torch 2.9. JetPack 6.0's NVIDIA torch wheel is 2.3, whose ``export`` has no ``dynamo``
-    parameter and no ``**kwargs`` (passing it is a ``TypeError``). So ``dynamo=False`` is passed
-    only where the signature has it; without it the legacy exporter is the only one.
+    "PyTorch 2.5.0 or newer is required" for ``dynamo=True``; 2.5's ``torch/onnx/utils.py``
+    signature adds ``dynamo: bool = False`` after ``autograd_inlining``) and defaults it to
+    ``True`` from torch 2.9. Before 2.5 the signature ends at ``autograd_inlining`` with no
+    ``**kwargs``, so ``dynamo=False`` is a ``TypeError`` there; NVIDIA's JetPack 6 torch wheels
+    include such versions (2.3 for JetPack 6.0, from memory: not checked against a source).
+    So ``dynamo=False`` is passed only where the signature has it; without the parameter the
+    legacy exporter is the only one.
     """
     import inspect
 

@@ -412,16 +412,23 @@ class TensorRTBackend(Backend):
         example = torch.zeros(1, 3, h, w, device=self._dev, dtype=dtype)
         builder = trt.Builder(self._logger)
         network = builder.create_network(self._network_flags())
+        # The config exists before conversion: torch2trt's NetworkWrapper calls
+        # builder_config.set_device_type() on every layer it adds.
+        config = self._config(builder, calib)
+        # Keys torch2trt's converters read from torch2trt_kwargs (torch2trt.py: ConversionContext,
+        # NetworkWrapper, set_layer_precision asserts fp16_mode / int8_mode). Layer precisions stay
+        # unset (False): precision comes from our builder config, or the typed graph on TRT 11.
         kwargs = {"module": model, "device_types": {}, "default_device_type": trt.DeviceType.GPU,
-                  "gpu_fallback": False}
+                  "gpu_fallback": False, "fp16_mode": False, "int8_mode": False}
         with restore_torch_functions(), torch.no_grad():
-            with ConversionContext(network, torch2trt_kwargs=kwargs, logger=self._logger) as ctx:
+            with ConversionContext(network, torch2trt_kwargs=kwargs, builder_config=config,
+                                   logger=self._logger) as ctx:
                 ctx.add_inputs([example], ["input"], dynamic_axes=[[]])
                 out = model(example)
                 if not hasattr(out, "_trt"):
                     raise RuntimeError("torch2trt produced no TensorRT tensor for the output (unconverted op)")
                 ctx.mark_outputs([out], ["logits"])
-        serialized = builder.build_serialized_network(network, self._config(builder, calib))
+        serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError("TensorRT engine build from the torch2trt network failed")
         data = bytes(serialized)
