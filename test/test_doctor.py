@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from enet_seg_ros.engine.backends.base import FAIL_ENV
-from enet_seg_ros.engine.doctor import parse_tegra_release, recommend, versions
+from enet_seg_ros.bench.doctor import parse_tegra_release, recommend, versions
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_KEYS = {"backend", "device", "precision", "usable", "reason", "agreement_vs_torch_fp32", "ms_median"}
@@ -27,7 +27,7 @@ def _doctor(args, cache, extra_env=None):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from enet_seg_ros.ros.testing import make_test_weights
+    from model_fixtures import make_test_weights
 
     return make_test_weights(tmp_path_factory.mktemp("doctor") / "enet_small.safetensors")
 

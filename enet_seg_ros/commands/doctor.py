@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..engine import parse_size
-    from ..engine.doctor import diagnose, load_image
+    from ..bench.doctor import diagnose, load_image
     from ..engine.select import BACKENDS
     from ..weights import resolve_weights
 

@@ -1,7 +1,7 @@
 """``enet-seg doctor``'s library side: which backend x device x precision works here, how well, how fast.
 
 :func:`diagnose` checks every combination this package knows (cheap availability checks from
-:mod:`.select`), builds each usable one on a model (``strict``: no fallback hides a failure),
+:mod:`enet_seg_ros.engine.select`), builds each usable one on a model (``strict``: no fallback hides a failure),
 segments one frame, and reports label agreement with torch fp32 on the CPU and the median
 latency of ``Segmenter.segment``. :func:`recommend` picks what to put in ``seg.yaml``.
 """
@@ -73,13 +73,13 @@ def _entry(backend: str, device: str, precision: str, usable: bool, reason: str,
 
 def _why_not(backend: str, device: str, precision: str) -> Optional[str]:
     """Cheap reasons a combination cannot run (nothing is built)."""
-    from .select import precheck
+    from ..engine.select import precheck
 
     why = precheck(backend, device)
     if why:
         return why
     if precision == "bf16" and device == "cpu":
-        from .backends.torch_backend import cpu_has_bf16
+        from ..engine.backends.torch_backend import cpu_has_bf16
 
         if not cpu_has_bf16():
             return "this CPU has no AVX512-BF16 / AMX for bf16"
@@ -100,9 +100,9 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
         progress: called with each entry as it is done.
     """
     if image is None:
-        from ..bench.runner import synthetic_frame
-        from .segmenter import parse_size
-        from .source import load_source
+        from ..engine.segmenter import parse_size
+        from ..engine.source import load_source
+        from .runner import synthetic_frame
 
         w, h = parse_size(input_size if input_size is not None else load_source(weights).card.input_size)
         image = synthetic_frame(w, h)
@@ -133,10 +133,10 @@ def reference_labels(weights, image: np.ndarray, input_size=None) -> np.ndarray:
     """
     import torch
 
-    from .graph import InferenceGraph
-    from .preprocess import pad_colour, plan, to_model_input
-    from .segmenter import parse_size
-    from .source import load_source
+    from ..engine.graph import InferenceGraph
+    from ..engine.preprocess import pad_colour, plan, to_model_input
+    from ..engine.segmenter import parse_size
+    from ..engine.source import load_source
 
     source = load_source(weights)
     card = source.card
@@ -150,7 +150,7 @@ def reference_labels(weights, image: np.ndarray, input_size=None) -> np.ndarray:
 
 def _self_test(weights, backend: str, device: str, precision: str, input_size, image, want, runs: int,
                cache_dir) -> Dict[str, Any]:
-    from .segmenter import Segmenter
+    from ..engine.segmenter import Segmenter
 
     try:
         seg = Segmenter(weights, backend=backend, device=device, precision=precision, input_size=input_size,
