@@ -14,7 +14,7 @@ from enet_seg_ros.engine.backends.tensorrt_backend import (ENGINE_SUFFIX, TORCH2
                                                            fetch_engine, restore_torch_functions, store_engine,
                                                            tensorrt_status, torch_dtype_name)
 from enet_seg_ros.engine.cache import ArtifactCache
-from enet_seg_ros.engine.select import create_backend
+from enet_seg_ros.engine.registry import create_backend
 
 MAGIC = b"ENGINE:"
 

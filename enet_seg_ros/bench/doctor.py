@@ -1,7 +1,7 @@
 """``enet-seg doctor``'s library side: which backend x device x precision works here, how well, how fast.
 
-:func:`diagnose` checks every combination this package knows (cheap availability checks from
-:mod:`enet_seg_ros.engine.select`), builds each usable one on a model (``strict``: no fallback hides a failure),
+:func:`diagnose` checks every combination the backend registry knows (its cheap probes, see
+:mod:`enet_seg_ros.engine.registry`), builds each usable one on a model (``strict``: no fallback hides a failure),
 segments one frame, and reports label agreement with torch fp32 on the CPU and the median
 latency of ``Segmenter.segment``. :func:`recommend` picks what to put in ``seg.yaml``.
 """
@@ -16,15 +16,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# (backend, device, precision) candidates, most preferred first when equally fast and accurate.
-CANDIDATES: Tuple[Tuple[str, str, str], ...] = (
-    ("tensorrt", "cuda", "fp16"), ("tensorrt", "cuda", "fp32"),
-    ("torch", "cuda", "fp16"), ("torch", "cuda", "fp32"),
-    ("onnxruntime", "cuda", "fp32"),
-    ("openvino", "cpu", "bf16"), ("openvino", "cpu", "fp32"),
-    ("onnxruntime", "cpu", "fp32"),
-    ("torch", "cpu", "bf16"), ("torch", "cpu", "fp32"),
-)
 # Lowest label agreement with torch fp32 for a combination to be recommended.
 MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.97, "bf16": 0.97, "int8": 0.95}
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -52,7 +43,7 @@ def versions(tegra_release: Path = TEGRA_RELEASE) -> Dict[str, Optional[str]]:
             out[key] = str(getattr(__import__(module), "__version__", "present"))
         except Exception:
             out[key] = None
-    try:  # package metadata only: importing openvino next to torch training crashed (see select.py)
+    try:  # package metadata only: importing openvino next to torch training crashed (see the openvino backend)
         from importlib.metadata import version
 
         out["openvino"] = version("openvino")
@@ -71,11 +62,24 @@ def _entry(backend: str, device: str, precision: str, usable: bool, reason: str,
             "agreement_vs_torch_fp32": agreement, "ms_median": ms}
 
 
-def _why_not(backend: str, device: str, precision: str) -> Optional[str]:
-    """Cheap reasons a combination cannot run (nothing is built)."""
-    from ..engine.select import precheck
+def candidates() -> List[Tuple[str, str, str]]:
+    """Every (backend, device, precision) the backend registry knows, in its order."""
+    from ..engine.registry import get_backend, list_backends
 
-    why = precheck(backend, device)
+    out = []
+    for name in list_backends():
+        entry = get_backend(name)
+        for device in entry.devices:
+            for precision in entry.precisions.get(device, ("fp32",)):
+                out.append((name, device, precision))
+    return out
+
+
+def _why_not(backend: str, device: str, precision: str, calibration) -> Optional[str]:
+    """Cheap reasons a combination cannot run or is not self-tested (nothing is built)."""
+    from ..engine.registry import probe
+
+    why = probe(backend, device)
     if why:
         return why
     if precision == "bf16" and device == "cpu":
@@ -83,12 +87,14 @@ def _why_not(backend: str, device: str, precision: str) -> Optional[str]:
 
         if not cpu_has_bf16():
             return "this CPU has no AVX512-BF16 / AMX for bf16"
+    if precision == "int8" and calibration is None:
+        return "int8 not self-tested: it needs calibration images (doctor --calib DIR) or a Q/DQ graph"
     return None
 
 
 def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs: int = 10,
              backends: Optional[Sequence[str]] = None, device: Optional[str] = None, cache_dir=None,
-             progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+             calibration=None, progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Check and self-test every known combination; returns the ``doctor --json`` document.
 
     Args:
@@ -97,6 +103,7 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
         input_size: network input (default: the card's).
         runs: timed ``segment`` calls per usable combination (median reported).
         backends / device: restrict the candidates (``None``: all).
+        calibration: image folder for int8 candidates (without it they are listed, not run).
         progress: called with each entry as it is done.
     """
     if image is None:
@@ -108,17 +115,18 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
         image = synthetic_frame(w, h)
     want = reference_labels(weights, image, input_size)
     entries: List[Dict[str, Any]] = []
-    for backend, dev, precision in CANDIDATES:
+    for backend, dev, precision in candidates():
         if backends and backend not in backends:
             continue
         if device and dev != device.split(":")[0]:
             continue
         dev_name = device if device and ":" in device else dev
-        why = _why_not(backend, dev, precision)
+        why = _why_not(backend, dev, precision, calibration)
         if why:
             entry = _entry(backend, dev_name, precision, False, why)
         else:
-            entry = _self_test(weights, backend, dev_name, precision, input_size, image, want, runs, cache_dir)
+            entry = _self_test(weights, backend, dev_name, precision, input_size, image, want, runs, cache_dir,
+                               calibration)
         entries.append(entry)
         if progress:
             progress(entry)
@@ -149,12 +157,12 @@ def reference_labels(weights, image: np.ndarray, input_size=None) -> np.ndarray:
 
 
 def _self_test(weights, backend: str, device: str, precision: str, input_size, image, want, runs: int,
-               cache_dir) -> Dict[str, Any]:
+               cache_dir, calibration) -> Dict[str, Any]:
     from ..engine.segmenter import Segmenter
 
     try:
         seg = Segmenter(weights, backend=backend, device=device, precision=precision, input_size=input_size,
-                        strict=True, warmup=1, cache_dir=cache_dir)
+                        strict=True, warmup=1, cache_dir=cache_dir, calibration=calibration)
     except Exception as exc:  # the backend could not start: that is the answer
         return _entry(backend, device, precision, False, _first_line(exc))
     try:

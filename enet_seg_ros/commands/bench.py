@@ -74,7 +74,7 @@ def _split(value: str):
 
 def _check_strict(backends, device) -> None:
     """Raise naming the first explicitly asked backend that cannot run on ``device`` here."""
-    from ..engine.select import chain_for, precheck
+    from ..engine.registry import chain_for, probe
 
     for b in backends:
         name = b.split("+")[0]
@@ -82,7 +82,7 @@ def _check_strict(backends, device) -> None:
             continue
         reasons = []
         for backend, dev in chain_for(name, device):
-            why = precheck(backend, dev.split(":")[0])
+            why = probe(backend, dev)
             if why is None:
                 break
             reasons.append("{}-{}: {}".format(backend, dev, why))
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run_benchmark
     from ..bench.report import to_markdown
     from ..engine import parse_size
-    from ..engine.select import BACKENDS
+    from ..engine.registry import list_backends
     from ..nets import list_archs
     from ..weights import read_card
 
@@ -118,10 +118,11 @@ def run(args: argparse.Namespace) -> int:
     for arch in archs:
         if arch not in list_archs():
             raise ValueError("unknown arch {!r}; expected one of {} or all".format(arch, list_archs()))
-    backends = list(BACKENDS) if args.backend == "all" else _split(args.backend)
+    known = list_backends()
+    backends = list(known) if args.backend == "all" else _split(args.backend)
     for b in backends:
-        if b not in BACKENDS + ("auto", "torch+compile"):
-            raise ValueError("unknown backend {!r}; expected auto, {} or all".format(b, ", ".join(BACKENDS)))
+        if b not in known + ("auto", "torch+compile"):
+            raise ValueError("unknown backend {!r}; expected auto, {} or all".format(b, ", ".join(known)))
     precisions = ["default", "bf16", "int8"] if args.precision == "all" else _split(args.precision)
     for prec in precisions:
         if prec not in ("default", "fp32", "fp16", "bf16", "int8"):

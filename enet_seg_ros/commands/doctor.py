@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all, or a comma list of torch, onnxruntime, openvino, tensorrt")
     p.add_argument("--device", default=None, help="only this device (cpu, cuda, cuda:N)")
     p.add_argument("--runs", type=int, default=10, help="timed segment() calls per usable backend")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="calibration images: also self-test the int8 modes (slow: each calibrates first)")
     p.add_argument("--strict", action="store_true",
                    help="with --backend: exit 2 when an asked backend cannot run here (names it and why)")
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
@@ -36,16 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine import parse_size
     from ..bench.doctor import diagnose, load_image
-    from ..engine.select import BACKENDS
+    from ..engine.registry import list_backends
     from ..weights import resolve_weights
 
     backends = None
     if args.backend != "all":
         backends = [b.strip() for b in args.backend.split(",") if b.strip()]
         for b in backends:
-            if b not in BACKENDS:
+            if b not in list_backends():
                 raise ValueError("unknown backend {!r}; expected all or a comma list of {}".format(
-                    b, ", ".join(BACKENDS)))
+                    b, ", ".join(list_backends())))
     if args.runs < 1:
         raise ValueError("--runs must be >= 1")
     weights = resolve_weights(args.weights)
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("enet-seg doctor: self-test with {}".format(Path(weights).name))
     report = diagnose(str(weights), image=image, input_size=size, runs=args.runs, backends=backends,
-                      device=args.device, cache_dir=args.cache_dir, progress=show)
+                      device=args.device, cache_dir=args.cache_dir, calibration=args.calib, progress=show)
     print("versions: " + ", ".join("{}={}".format(k, v) for k, v in report["versions"].items() if v))
     rec = report["recommended"]
     if rec:

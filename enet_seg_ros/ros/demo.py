@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..engine.registry import backend_choices
+
 # Fast DDS profile with a shared-memory segment that holds whole camera frames.
 FASTDDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
 
@@ -40,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     parser.add_argument("--size", default="640x360", help="synthetic frame size WxH (default 640x360)")
     parser.add_argument("--weights", default="", help="weights file (default: the shipped model)")
-    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt")
+    parser.add_argument("--backend", default="auto", choices=backend_choices(), help="seg_node backend")
     parser.add_argument("--precision", default="", help="seg_node precision (fp32, fp16, bf16, int8; default: the backend's)")
     parser.add_argument("--pngs", type=int, default=4, help="overlay PNGs to write (default 4)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")

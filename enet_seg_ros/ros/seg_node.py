@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.registry import backend_choices
 from .diagnostics import NodeStats, Throttle, key_values
 from ..io.image_conv import DEFAULT_MAX_PIXELS, ImageFormatError, message_summary
 from .params import ParamSpec, declare_all, spec_table, validate_updates
@@ -49,7 +50,7 @@ def _check_input_size(value) -> Optional[str]:
 PARAMS: Tuple[ParamSpec, ...] = (
     # Model and backend: read at start-up.
     ParamSpec("weights", "", "weights file (.safetensors with model card) or shipped model name (enet_camvid, erfnet_camvid, espnet_camvid); empty: the shipped default model"),
-    ParamSpec("backend", "auto", "inference backend (auto, torch, onnxruntime, openvino, tensorrt)"),
+    ParamSpec("backend", "auto", "inference backend", choices=backend_choices()),
     ParamSpec("device", "", "backend device (e.g. cpu, cuda, cuda:0); empty: the backend's default"),
     ParamSpec("precision", "", "fp32, fp16, bf16 or int8 where the backend supports it; empty: the backend's default"),
     ParamSpec("input_size", [0, 0], "network input [width, height]; [0, 0]: the model card's size",

@@ -18,6 +18,7 @@ import numpy as np
 from ...nets import fold_batchnorm
 from ..graph import InferenceGraph
 from ..source import ModelSource
+from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
 
 LOG = logging.getLogger(__name__)
@@ -301,3 +302,15 @@ class CudaPipeline:
         for k, host in enumerate(slot.host_out or []):
             results[k].append(host.numpy().copy())  # the pinned buffer is reused by the next frame
         slot.pending = False
+
+
+def _probe(device: str) -> Optional[str]:
+    if device == "cuda" and not cuda_available():
+        return "CUDA not available to torch"
+    return None
+
+
+register_backend(BackendEntry(
+    name="torch", devices=("cuda", "cpu"), probe=_probe, factory=lambda: TorchBackend,
+    precisions={"cuda": ("fp16", "fp32"), "cpu": ("bf16", "fp32")},
+    summary="PyTorch eager (optionally torch.compile); CUDA fp16 or CPU fp32/bf16"))
