@@ -11,11 +11,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default=None, help="network input WxH (default: the card's input size)")
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"),
                    help="onnx: fp32 (default) or int8 (static quantisation, needs --calib); "
-                        "tensorrt: fp16 (default), fp32 or int8 (needs --qdq, or --calib on TensorRT <= 10)")
+                        "tensorrt: fp16 (default), fp32 or int8 (from a Q/DQ graph: --qdq, or one quantised "
+                        "from --calib images)")
     p.add_argument("--calib", default=None, metavar="DIR", help="calibration images for int8")
     p.add_argument("--qdq", default=None, metavar="ONNX",
-                   help="tensorrt int8: a Q/DQ ONNX of the network graph (from `enet-seg quantize`); the only "
-                        "int8 route on TensorRT 11, which removed calibration")
+                   help="tensorrt int8: a Q/DQ ONNX of the network graph (float NCHW 'input' -> 'logits'); "
+                        "without it one is quantised from --calib")
     p.add_argument("--builder", default="onnx", choices=("onnx", "torch2trt"),
                    help="tensorrt: TensorRT's ONNX parser (default) or torch2trt (opt-in; ESPNet only, falls "
                         "back to the parser)")

@@ -18,9 +18,10 @@ Builders (``builder=``):
 
 Precisions: ``fp32``; ``fp16`` (TensorRT <= 10: the ``FP16`` builder flag on an fp32 graph;
 TensorRT 11, which removed that flag and made every network strongly typed: an fp16 ONNX
-graph); ``int8`` from a Q/DQ ONNX graph of the ``network`` flavour (``qdq_onnx=PATH``, made
-by ``enet-seg quantize``; the only int8 route on TensorRT 11, which removed implicit
-calibration) or, on TensorRT <= 10 only, from a folder of calibration images (``calibration=``).
+graph); ``int8`` only from a Q/DQ ONNX graph of the ``network`` flavour (explicit
+quantisation, the one int8 route TensorRT 11 has left; it removed implicit calibration):
+``qdq_onnx=PATH``, or the graph :func:`enet_seg_ros.engine.quantize.int8_onnx` makes (and
+caches) from ``calibration=DIR`` or the model card's validated int8 record.
 
 Normalisation and argmax run in torch on the GPU around the engine (uint8 frames go up, uint8
 labels come back), on a CUDA stream the backend owns, inside ``torch.cuda.device(dev)``. The
@@ -216,10 +217,13 @@ def check_qdq_onnx(path: Any, input_size: Tuple[int, int]) -> str:
     """Validate a Q/DQ ONNX for the TensorRT int8 build; returns its SHA-256.
 
     It must be the ``network`` flavour (one float input ``input`` of shape 1x3xHxW, one output
-    ``logits``) with QuantizeLinear / DequantizeLinear nodes. Raises ``ValueError`` naming what
-    is wrong.
+    ``logits``) with QuantizeLinear / DequantizeLinear nodes that TensorRT's ONNX parser takes:
+    onnx-tensorrt's ``docs/operators.md`` (10.x) lists Q/DQ for INT8, FP8 and INT4 with zero
+    points that "must be zero" - so no int32 (quantised bias) DequantizeLinear and no uint8 /
+    asymmetric activations. Raises ``ValueError`` naming what is wrong.
     """
     import onnx
+    from onnx import numpy_helper
 
     path = Path(path)
     if not path.is_file():
@@ -233,6 +237,25 @@ def check_qdq_onnx(path: Any, input_size: Tuple[int, int]) -> str:
         raise ValueError("{}: TensorRT int8 needs the 'network' flavour (input 'input' -> output 'logits'), "
                          "got inputs {} outputs {}".format(path, [i.name for i in inputs],
                                                           [o.name for o in proto.graph.output]))
+    inits = {init.name: init for init in proto.graph.initializer}
+    quantized = {onnx.TensorProto.INT8, getattr(onnx.TensorProto, "FLOAT8E4M3FN", -1),
+                 getattr(onnx.TensorProto, "INT4", -2)}
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is not None and zero.data_type not in quantized:
+            raise ValueError("{}: {} {} uses {} zero points; TensorRT takes INT8 / FP8 / INT4 Q/DQ only (unquantised "
+                             "biases, symmetric int8 activations)".format(
+                                 path, node.op_type, node.name or node.output[0],
+                                 onnx.TensorProto.DataType.Name(zero.data_type)))
+        if zero is not None and numpy_helper.to_array(zero).any():
+            raise ValueError("{}: {} {} has a non-zero zero point; TensorRT needs symmetric quantisation".format(
+                path, node.op_type, node.name or node.output[0]))
+        data = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if data is not None and data.data_type not in quantized:
+            raise ValueError("{}: DequantizeLinear {} of a {} tensor; TensorRT takes INT8 / FP8 / INT4 only".format(
+                path, node.name or node.output[0], onnx.TensorProto.DataType.Name(data.data_type)))
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
     w, h = int(input_size[0]), int(input_size[1])
     if dims[1:] != [3, h, w] or dims[0] not in (1, "batch"):
@@ -244,12 +267,14 @@ class TensorRTBackend(Backend):
     """TensorRT engine on a CUDA device (see module docstring).
 
     Args:
-        precision: ``fp16`` (default), ``fp32`` or ``int8`` (needs ``qdq_onnx`` or, on
-            TensorRT <= 10, ``calibration``).
+        precision: ``fp16`` (default), ``fp32`` or ``int8`` (needs ``qdq_onnx``, ``calibration``
+            images or an ``int8`` model-card record; see the module docstring).
         workspace_mb: builder workspace limit, set explicitly for both builders.
         builder: ``onnx`` (default) or ``torch2trt`` (opt-in; see :func:`choose_builder`).
         torch2trt_archs: architectures torch2trt may convert (default :data:`TORCH2TRT_ARCHS`).
         qdq_onnx: Q/DQ ONNX (``network`` flavour) for int8.
+        int8: the model card's validated int8 record (calibration digest + quantisation
+            settings), passed by the Segmenter; finds the cached Q/DQ graph without images.
     """
 
     name = "tensorrt"
@@ -258,7 +283,8 @@ class TensorRTBackend(Backend):
                  precision: Optional[str] = None, cache_dir=None, calibration=None, calibration_limit: int = 32,
                  output: str = "labels", with_confidence: bool = False, fail_backends: Optional[Set[str]] = None,
                  resize_policy: str = "stretch", workspace_mb: int = 1024, builder: Optional[str] = None,
-                 torch2trt_archs: Optional[Iterable[str]] = None, qdq_onnx=None, **_unused) -> None:
+                 torch2trt_archs: Optional[Iterable[str]] = None, qdq_onnx=None,
+                 int8: Optional[Dict[str, Any]] = None, **_unused) -> None:
         super().__init__()
         device = device or "cuda"
         check_forced_failure(self.name, device, fail_backends)
@@ -276,14 +302,6 @@ class TensorRTBackend(Backend):
         self._trt, self._torch = trt, torch
         # Feature tests (TensorRT 11 removed these; see module docstring).
         self._weak_precision = hasattr(trt.BuilderFlag, "FP16")
-        self._can_calibrate = hasattr(trt, "IInt8EntropyCalibrator2")
-        if precision == "int8" and qdq_onnx is None:
-            if not self._can_calibrate:
-                raise BackendUnavailable("tensorrt {} has no implicit int8 calibration; give a Q/DQ ONNX "
-                                         "(qdq_onnx=..., made by `enet-seg quantize`)".format(trt.__version__))
-            if calibration is None:
-                raise BackendUnavailable("tensorrt int8 needs a Q/DQ ONNX (qdq_onnx=...) or calibration images "
-                                         "(calibration=DIR / --calib DIR)")
         index = torch.device(device).index
         self.device = "cuda:{}".format(torch.cuda.current_device() if index is None else index)
         dev = self._dev = torch.device(self.device)
@@ -297,22 +315,27 @@ class TensorRTBackend(Backend):
         self.max_batch = None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._source, self._card = source, source.card
-        self._calibration, self._calibration_limit = calibration, calibration_limit
         self._resize_policy, self._workspace = resize_policy, int(workspace_mb) << 20
+        self._cache_dir = cache_dir
         self._qdq = Path(qdq_onnx) if qdq_onnx is not None else None
+        self._int8_request = None
         int8_id = None
         if precision == "int8":
             if self._qdq is not None:
                 int8_id = "qdq:" + check_qdq_onnx(self._qdq, self.input_size)[:16]
             else:
-                from ..calib import calibration_digest
+                from ..quantize import Int8Request, QuantSettings
 
-                int8_id = calibration_digest(calibration, calibration_limit)
+                record = int8 or {}
+                self._int8_request = Int8Request(calibration, record.get("calibration_digest"), calibration_limit,
+                                                 QuantSettings.from_dict(record.get("quantization")))
+                # digest() raises BackendUnavailable without images or a record.
+                int8_id = "calib:{}:{}".format(self._int8_request.digest(), self._int8_request.settings.digest())
         self.builder, why_not = choose_builder(source.arch, builder, torch2trt_archs, have_torch2trt())
         if builder == "torch2trt" and why_not:
             LOG.warning("tensorrt: not using torch2trt for %s (%s); using the ONNX parser", source.arch, why_not)
-        if self.precision == "int8" and self._qdq is not None:
-            self.builder = "onnx"  # a Q/DQ graph is ONNX by definition
+        if self.precision == "int8":
+            self.builder = "onnx"  # int8 comes from a Q/DQ ONNX graph only
         self.env = engine_env(trt.__version__, torch.cuda.get_device_name(dev), torch.cuda.get_device_capability(dev))
         # The key names the *requested* builder; the sidecar records the one that really built it.
         self.fields = engine_fields(source.sha256, source.arch, self.input_size, precision, int8_id, self.env,
@@ -343,45 +366,29 @@ class TensorRTBackend(Backend):
                         "cached": self.cached}
 
     # -- building -----------------------------------------------------------------------
-    def _calibration_tensors(self) -> List[Any]:
-        from ..calib import calibration_frames
-        from ..preprocess import pad_colour
-
-        torch = self._torch
-        norm = self._card.normalization
-        frames = calibration_frames(self._calibration, self.input_size, self._resize_policy, norm.channel_order,
-                                    pad_colour(norm.mean), self._calibration_limit)
-        mean = torch.tensor(norm.mean, dtype=torch.float32).view(3, 1, 1)
-        factor = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32).view(3, 1, 1)
-        return [((torch.from_numpy(f).permute(2, 0, 1).float() - mean) * factor).contiguous().to(self._dev)
-                for f in frames]
-
     def _build(self) -> bytes:
         LOG.info("building TensorRT %s engine for %s %s (%s builder); this takes a while once", self.precision,
                  self._source.arch, self.fields["size"], self.builder)
-        use_calibrator = self.precision == "int8" and self._qdq is None
-        calib = self._calibration_tensors() if use_calibrator else None
         if self.builder == "torch2trt":
             try:
-                return self._build_torch2trt(calib)
+                return self._build_torch2trt()
             except Exception as exc:  # unsupported op, converter bug, build failure, disagreement
                 LOG.warning("torch2trt could not convert %s (%s); building from ONNX with the TensorRT parser instead",
                             self._source.arch, str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
                 self.builder = "onnx"
-        return self._build_onnx(calib)
+        return self._build_onnx()
 
-    def _config(self, builder, calib) -> Any:
-        """A builder config with the workspace, precision flags and calibrator set explicitly."""
+    def _config(self, builder) -> Any:
+        """A builder config with the workspace and precision flags set explicitly."""
         trt = self._trt
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self._workspace)
         if self._weak_precision and self.precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
         if self._weak_precision and self.precision == "int8":
-            # A Q/DQ graph on TensorRT <= 10 also needs the INT8 flag in a weakly typed network.
+            # A Q/DQ graph on TensorRT <= 10 also needs the INT8 flag in a weakly typed network
+            # (no calibrator: the Q/DQ scales are the quantisation).
             config.set_flag(trt.BuilderFlag.INT8)
-            if calib is not None:
-                config.int8_calibrator = make_calibrator(trt, calib)
         return config
 
     def _network_flags(self) -> int:
@@ -392,21 +399,22 @@ class TensorRTBackend(Backend):
             return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         return 0
 
-    def _build_torch2trt(self, calib) -> bytes:
+    def _build_torch2trt(self) -> bytes:
         """torch2trt's converters fill a network we create; we own the config and the build.
 
         torch2trt's ``torch2trt()`` sets the workspace only for TensorRT < 10 (it compares
-        versions) and picks its int8 algorithm by comparing version *strings*
+        versions) and picks its int8 calibration algorithm by comparing version *strings*
         (``dataset_calibrator.py``: ``trt.__version__ >= '5.1'``, False for "10.x"), so its
-        network population (``ConversionContext``) is used with our own builder config.
+        network population (``ConversionContext``) is used with our own builder config, and
+        int8 never goes through torch2trt (it comes from Q/DQ ONNX graphs).
         """
         from torch2trt.torch2trt import ConversionContext
 
         from ...nets import fold_batchnorm
 
         torch, trt = self._torch, self._trt
-        if not self._weak_precision and self.precision == "int8":
-            raise RuntimeError("int8 through torch2trt needs implicit calibration, gone in TensorRT 11")
+        if self.precision == "int8":
+            raise RuntimeError("int8 engines come from Q/DQ ONNX graphs, not torch2trt")
         w, h = self.input_size
         dtype = torch.float16 if (not self._weak_precision and self.precision == "fp16") else torch.float32
         model = fold_batchnorm(self._source.fresh_model()).to(self._dev, dtype).eval()
@@ -415,7 +423,7 @@ class TensorRTBackend(Backend):
         network = builder.create_network(self._network_flags())
         # The config exists before conversion: torch2trt's NetworkWrapper calls
         # builder_config.set_device_type() on every layer it adds.
-        config = self._config(builder, calib)
+        config = self._config(builder)
         # Keys torch2trt's converters read from torch2trt_kwargs (torch2trt.py: ConversionContext,
         # NetworkWrapper, set_layer_precision asserts fp16_mode / int8_mode). Layer precisions stay
         # unset (False): precision comes from our builder config, or the typed graph on TRT 11.
@@ -456,12 +464,23 @@ class TensorRTBackend(Backend):
         if agree < 0.9:
             raise RuntimeError("torch2trt engine disagrees with torch on {:.1%} of pixels".format(1 - agree))
 
-    def _build_onnx(self, calib) -> bytes:
+    def _qdq_graph(self) -> Path:
+        """The Q/DQ ONNX to build int8 from: the given one, or i13's quantiser's (cached) graph."""
+        if self._qdq is not None:
+            return self._qdq
+        from ..quantize import int8_onnx
+
+        path = int8_onnx(ArtifactCache(self._cache_dir, "onnx"), self._source, self.input_size, self._int8_request,
+                         flavour="network", resize_policy=self._resize_policy)
+        check_qdq_onnx(path, self.input_size)
+        return path
+
+    def _build_onnx(self) -> bytes:
         from ..export import export_onnx_bytes
 
         trt = self._trt
-        if self._qdq is not None and self.precision == "int8":
-            onnx_bytes = self._qdq.read_bytes()
+        if self.precision == "int8":
+            onnx_bytes = self._qdq_graph().read_bytes()
         else:
             # TensorRT 11 is strongly typed: fp16 comes from an fp16 graph, not a builder flag.
             half = self.precision == "fp16" and not self._weak_precision
@@ -473,7 +492,7 @@ class TensorRTBackend(Backend):
         if not parser.parse(onnx_bytes):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
             raise RuntimeError("TensorRT ONNX parser failed: {}".format("; ".join(errors[:3])))
-        serialized = builder.build_serialized_network(network, self._config(builder, calib))
+        serialized = builder.build_serialized_network(network, self._config(builder))
         if serialized is None:
             raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
         return bytes(serialized)
@@ -591,37 +610,6 @@ class restore_torch_functions:
         if self.restored:
             LOG.warning("restored %d torch function(s) left patched by torch2trt: %s", len(self.restored),
                         ", ".join(self.restored[:5]))
-
-
-def make_calibrator(trt, tensors):
-    """An entropy-2 calibrator (TensorRT <= 10) feeding preprocessed CUDA tensors, one frame per batch.
-
-    The algorithm is the class's (``IInt8EntropyCalibrator2``), chosen here explicitly.
-    """
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.tensors, self.index, self.keep = tensors, 0, None
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names):  # noqa: D401 - TensorRT callback
-            if self.index >= len(self.tensors):
-                return None
-            t = self.tensors[self.index].unsqueeze(0).contiguous()
-            self.keep = t  # keep alive until the next call
-            self.index += 1
-            return [int(t.data_ptr())]
-
-        def read_calibration_cache(self):
-            return None
-
-        def write_calibration_cache(self, cache) -> None:
-            return None
-
-    return Calibrator()
 
 
 def _probe(device: str) -> Optional[str]:
