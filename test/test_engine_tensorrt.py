@@ -160,6 +160,16 @@ def test_restore_torch_functions_puts_back_what_a_failed_conversion_left_patched
             raise RuntimeError("converter failed midway")
     assert F.max_pool2d is original and guard.restored == ["torch.nn.functional.max_pool2d"]
 
+    # What torch2trt's ConversionContext.__enter__ does to torch.Tensor (class attributes that
+    # normally come from the C base class), left behind by a failure before its __exit__.
+    size = torch.Tensor.size
+    with pytest.raises(RuntimeError):
+        with restore_torch_functions() as guard:
+            torch.Tensor.size = lambda self, *a: (0,)
+            raise RuntimeError("failed inside __enter__")
+    assert "size" not in vars(torch.Tensor) and torch.Tensor.size is size
+    assert torch.zeros(2, 3).size() == (2, 3) and guard.restored == ["torch.Tensor.size (removed)"]
+
 
 def test_qdq_onnx_is_checked_before_building(tmp_path):
     """Int8 from a Q/DQ graph: the 'network' flavour with Q/DQ nodes at the right size."""

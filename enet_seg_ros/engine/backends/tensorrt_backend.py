@@ -583,30 +583,40 @@ class restore_torch_functions:
     """Snapshot the public callables of ``torch``, ``torch.nn.functional`` and ``torch.Tensor``
     and put back any that differ on exit.
 
-    torch2trt converts by monkey-patching these (``ConversionHook`` / ``ConversionContext``);
-    its ``__exit__`` restores them, but a failure inside its ``__enter__`` would leave them
-    patched for the rest of the process. Returns ``restored`` (names put back) for tests.
+    torch2trt converts by monkey-patching these (``ConversionHook`` / ``ConversionContext``,
+    which also sets ``torch.Tensor.size`` and ``torch.Tensor.__getattribute__``); its
+    ``__exit__`` restores them, but a failure inside its ``__enter__`` would leave them patched
+    for the rest of the process. Attributes new on ``torch.Tensor`` / ``torch.nn.functional``
+    are removed again (``torch`` itself gains attributes by lazy imports, so only changed ones
+    are put back there). ``restored`` lists what was undone, for tests and the log.
     """
 
     def __init__(self) -> None:
         import torch
         import torch.nn.functional as F
 
-        self._targets = [torch, F, torch.Tensor]
+        self._targets = [(torch, False), (F, True), (torch.Tensor, True)]  # (namespace, drop new names)
         self._saved: List[Dict[str, Any]] = []
         self.restored: List[str] = []
 
     def __enter__(self) -> "restore_torch_functions":
-        self._saved = [dict(vars(t)) for t in self._targets]
+        self._saved = [dict(vars(t)) for t, _ in self._targets]
         return self
 
     def __exit__(self, *exc) -> None:
-        for target, saved in zip(self._targets, self._saved):
-            now = vars(target)
+        for (target, drop_new), saved in zip(self._targets, self._saved):
+            now = dict(vars(target))
+            label = getattr(target, "__name__", str(target))
+            if label == "Tensor":
+                label = "torch.Tensor"
             for name, value in saved.items():
                 if now.get(name) is not value:
                     setattr(target, name, value)
-                    self.restored.append("{}.{}".format(getattr(target, "__name__", target), name))
+                    self.restored.append("{}.{}".format(label, name))
+            if drop_new:
+                for name in set(now) - set(saved):
+                    delattr(target, name)
+                    self.restored.append("{}.{} (removed)".format(label, name))
         if self.restored:
             LOG.warning("restored %d torch function(s) left patched by torch2trt: %s", len(self.restored),
                         ", ".join(self.restored[:5]))
