@@ -20,13 +20,13 @@ import cv2
 import numpy as np
 
 from ..engine.quantize import DEFAULT_CALIBRATION_FRAMES, QuantSettings, tensor_digest
+from ..io.files import IMAGE_SUFFIXES
 from .metrics import ConfusionMatrix
 
 LOG = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 MAX_MIOU_DROP_PT = 1.0
 MIN_AGREEMENT = 0.98
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def val_pairs(images: PathLike, labels: Optional[PathLike] = None) -> List[Tuple[Path, Path]]:
