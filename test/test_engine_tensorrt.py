@@ -287,8 +287,6 @@ def test_fp16_network_graph_for_strongly_typed_tensorrt():
         export_onnx_bytes(source, (64, 48), flavour="full", half=True)
 
 
-@pytest.mark.xfail(strict=True, reason="the quantiser's network graph still quantises Conv biases to int32 "
-                   "(DequantizeLinear of INT32), which onnx-tensorrt's parser does not take (INT8/FP8/INT4 only)")
 def test_the_quantisers_network_graph_is_what_the_tensorrt_int8_build_accepts(tmp_path):
     """i13's int8_onnx(flavour="network") output passes the TensorRT backend's Q/DQ checks."""
     import cv2

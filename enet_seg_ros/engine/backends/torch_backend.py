@@ -100,7 +100,7 @@ class TorchBackend(Backend):
         on_gpu = device.startswith("cuda")
         precision = precision or ("fp16" if on_gpu else "fp32")
         if precision == "int8":
-            raise BackendUnavailable("torch backend has no int8 mode (use onnxruntime or tensorrt)")
+            raise BackendUnavailable("torch backend has no int8 mode (use onnxruntime, openvino or tensorrt)")
         if precision == "fp16" and not on_gpu:
             raise BackendUnavailable("torch fp16 needs CUDA; on CPU use bf16 (AVX512-BF16/AMX) or fp32")
         if precision == "bf16" and not on_gpu and not cpu_has_bf16():
