@@ -153,7 +153,8 @@ def test_failed_configure_keeps_the_node_up_and_unconfigured(weights, tmp_path):
             assert not life.set(Transition.TRANSITION_CONFIGURE)
             assert life.state() == "unconfigured"
         assert "Spaceship" in str(unknown_mask._configure_error) and "Sidewalk" in str(unknown_mask._configure_error)
-        assert State.PRIMARY_STATE_UNCONFIGURED == 1  # the ids ros2 lifecycle prints
+        state = _call(ros, Lifecycle(ros, "seg_lc_bad").get, GetState.Request()).current_state
+        assert state.id == State.PRIMARY_STATE_UNCONFIGURED
         assert Lifecycle(ros, "seg_lc_bad").set(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
 
 

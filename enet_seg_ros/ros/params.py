@@ -107,8 +107,9 @@ def declare_all(node, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
         except InvalidParameterValueException as exc:
             raise ParameterError("parameter {!r} is invalid: {}".format(spec.name, exc)) from None
         value = param.value
-        if value is None and default is not spec.default:
+        if value is None and default is not spec.default:  # not given: an empty string array, also on get
             value = []
+            node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, value)])
         reason = spec.problem(value)
         if reason:
             raise ParameterError("invalid parameter " + reason)

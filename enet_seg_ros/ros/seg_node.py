@@ -711,7 +711,8 @@ class SegNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self.stop()
-        self._unload_model()
+        if self.segmenter is not None:  # release the backend; the facts (backend_name...) stay readable
+            self.segmenter.close()
         super().destroy_node()
 
 
