@@ -50,8 +50,9 @@ def test_demo_on_openvino_bf16(tmp_path):
     # process, see test_engine_openvino.py); the shipped model, since bf16 is meant for trained weights.
     pytest.importorskip("openvino")
     out = tmp_path / "demo"
-    proc = _demo("--source", "synthetic", "--backend", "openvino", "--precision", "bf16", "--frames", "10", "--out",
-                 str(out), "--pngs", "1")
+    # 4 Hz: a loaded 2-core machine still segments most frames (the count below is not a speed test).
+    proc = _demo("--source", "synthetic", "--backend", "openvino", "--precision", "bf16", "--frames", "10",
+                 "--rate", "4", "--out", str(out), "--pngs", "1")
     if proc.returncode != 0 and "bf16 needs AVX512-BF16" in proc.stdout + proc.stderr + (out / "seg_node.log").read_text():
         pytest.skip("this CPU has no bf16 units")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -70,7 +71,7 @@ def test_demo_without_a_model_says_what_to_do(tmp_path):
 
 
 def test_demo_on_a_folder_source(weights, tmp_path):
-    from enet_seg_ros.ros.scenes import render_scene
+    from enet_seg_ros.io.scenes import render_scene
 
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -19,14 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
+from ..io.topics import COMPRESSED_SUFFIX, IMAGE_TOPIC, INSTANCES_TOPIC, LABELS_TOPIC
 from .common_args import add_dataset_folder_arguments
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_TOPIC = "/camera/image_raw"
-COMPRESSED_TOPIC = IMAGE_TOPIC + "/compressed"
-LABELS_TOPIC = "/camera/labels_gt"
-INSTANCES_TOPIC = "/camera/instances_gt"
+COMPRESSED_TOPIC = IMAGE_TOPIC + COMPRESSED_SUFFIX
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the bag; returns 0."""
     from tqdm import tqdm
 
-    from ..evaluate.bag_io import BagWriter, format_stamp
+    from ..io.bags import BagWriter, format_stamp
     from ..evaluate.folders import find_labelled_frames, read_instance_ids, read_label_ids, read_rgb
 
     if not 0 < args.rate <= 1e6:

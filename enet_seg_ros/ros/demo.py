@@ -34,6 +34,8 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .runner import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 # Fast DDS profile with a shared-memory segment that holds whole camera frames.
 FASTDDS_PROFILE = ROOT / "config" / "fastdds_shm.xml"
@@ -359,15 +361,11 @@ def play(children: Children, viewer: Viewer, plan: Plan, deadline: float) -> int
         if proc.poll() is None or proc.returncode != 0:
             print("demo: error: {} failed:\n  {}".format(name, pump.tail()), file=sys.stderr)
             code = 2
-    # Let the last frames through (and their scores), then seg_node's last diagnostics.
+    # Let the last frames through (and their scores), then seg_node's diagnostics that count them.
     seen = viewer.seen
-    settle = time.monotonic() + 15.0
-    while time.monotonic() < settle:
-        quiet = not seen.overlays or time.monotonic() - max(seen.overlays.values()) > 1.5
-        if quiet and (not plan.scored or seen.scored_updates > 0):
-            break
-        time.sleep(0.1)
-    time.sleep(1.2)
+    wait_until(lambda: (not seen.overlays or time.monotonic() - max(seen.overlays.values()) > 1.5)
+               and (not plan.scored or seen.scored_updates > 0), 15.0, period=0.1)
+    wait_until(lambda: int(seen.diagnostics.get("frames_processed", -1)) >= len(seen.overlays), 5.0, period=0.1)
     return code
 
 
@@ -407,8 +405,6 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
         print("demo: nodes ready after {:.1f} s".format(time.monotonic() - t_start), flush=True)
-        from .testing import wait_until
-
         if not wait_until(lambda: viewer.publishers("/seg_node/overlay") > 0, 60.0):
             print("demo: error: DDS discovery failed (no /seg_node/overlay publisher seen)", file=sys.stderr)
             return 2
@@ -438,7 +434,7 @@ def timing(seen: Observed) -> Optional[Dict[str, object]]:
 
 
 def _rgb(msg) -> np.ndarray:
-    from .image_conv import compressed_to_color, image_to_rgb
+    from ..io.image_conv import compressed_to_color, image_to_rgb
 
     if hasattr(msg, "encoding"):
         return image_to_rgb(msg)
@@ -450,7 +446,7 @@ def write_images(out: Path, seen: Observed, palette: Sequence[Sequence[int]]) ->
     """Overlay PNGs and ``contact_sheet.png`` (rows: input | overlay | ground truth when known)."""
     import cv2
 
-    from .image_conv import image_to_array
+    from ..io.image_conv import image_to_array
 
     lut = np.zeros((256, 3), np.uint8)  # dataset label values -> colours; unlabelled black
     lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)

@@ -43,11 +43,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..engine.preprocess import to_model_input
-from .camera_info import scale_camera_info
+from ..io.camera_info import scale_camera_info
+from ..io.image_conv import (DEFAULT_MAX_PIXELS, ImageFormatError, array_to_compressed, array_to_image,
+                             compressed_to_color, image_to_color, message_summary)
+from ..io.topics import sibling_topic
 from .diagnostics import NodeStats, Throttle, key_values
-from .image_conv import (DEFAULT_MAX_PIXELS, ImageFormatError, array_to_compressed, array_to_image,
-                         compressed_to_color, image_to_color, message_summary)
-from .image_source import sibling_topic
 from .params import ParamSpec, declare_all, spec_table, validate_updates
 from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
 from .runner import run_node
