@@ -65,6 +65,23 @@ class LoadedModel:
     description: str
 
 
+def card_for_dataset(weights: Optional[str], dataset: Optional[str],
+                     hint: str = "pass --dataset") -> Tuple[Path, Any, LabelSpec]:
+    """``(weights path, model card, label spec)``, the card checked against the dataset (no model built).
+
+    ``dataset`` None or empty means the card's dataset; ``weights`` None or empty means the
+    shipped default model; ``hint`` says how to name a dataset when the card names none.
+    """
+    path = resolve_weights(weights)
+    card = read_card(path)  # WeightsError (a ValueError) naming the file
+    name = dataset or card.dataset
+    if not name:
+        raise ValueError("the model card of {} names no dataset; {}".format(path, hint))
+    spec = get_label_spec(name)
+    check_model_matches(card, spec, path)
+    return path, card, spec
+
+
 def load_for_dataset(weights: Optional[str], dataset: Optional[str], backend: str = "auto",
                      input_size: Optional[Tuple[int, int]] = None, device: Optional[str] = None,
                      threads: Optional[int] = None) -> LoadedModel:
@@ -72,13 +89,7 @@ def load_for_dataset(weights: Optional[str], dataset: Optional[str], backend: st
 
     ``dataset`` None means the card's dataset; ``weights`` None means the shipped default model.
     """
-    path = resolve_weights(weights)
-    card = read_card(path)  # WeightsError (a ValueError) naming the file
-    name = dataset or card.dataset
-    if not name:
-        raise ValueError("the model card of {} names no dataset; pass --dataset".format(path))
-    spec = get_label_spec(name)
-    check_model_matches(card, spec, path)
+    path, card, spec = card_for_dataset(weights, dataset)
     segmenter = Segmenter(str(path), backend=backend or "auto", device=device, input_size=input_size,
                           threads=threads)
     return LoadedModel(segmenter, card, spec, prediction_lut(card, spec),

@@ -366,6 +366,8 @@ def play(children: Children, viewer: Viewer, plan: Plan, deadline: float) -> int
     wait_until(lambda: (not seen.overlays or time.monotonic() - max(seen.overlays.values()) > 1.5)
                and (not plan.scored or seen.scored_updates > 0), 15.0, period=0.1)
     wait_until(lambda: int(seen.diagnostics.get("frames_processed", -1)) >= len(seen.overlays), 5.0, period=0.1)
+    if plan.scored:  # eval_node publishes ~/miou once per scored frame: the last one is the final score
+        wait_until(lambda: seen.scored_updates >= len(seen.overlays), 10.0, period=0.1)
     return code
 
 

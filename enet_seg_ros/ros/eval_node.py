@@ -43,15 +43,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32
 
-from ..data.labels import get_label_spec
 from ..evaluate import make_evaluator
 from ..evaluate.pairing import GT, INSTANCES, MAIN, StampPairer
-from ..evaluate.model import check_model_matches, model_description, prediction_lut
+from ..evaluate.model import card_for_dataset, model_description, prediction_lut
 from ..evaluate.pipeline import EvalItem, EvalPipeline, EvalStats, write_outputs
 from ..io.bags import format_stamp, stamp_to_ns
 from ..io.image_conv import image_to_array
 from ..io.topics import LABELS_TOPIC
-from ..weights import read_card, resolve_weights
 from .diagnostics import Throttle, key_values
 from .params import ParamSpec, declare_all
 from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
@@ -95,13 +93,8 @@ class EvalNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.cfg = declare_all(self, PARAMS)
-        weights = resolve_weights(self.cfg["weights"])
-        card = read_card(weights)  # start-up error naming the file when missing / corrupt
-        dataset = self.cfg["dataset"] or card.dataset
-        if not dataset:
-            raise ValueError("model card of {} names no dataset; set the 'dataset' parameter".format(weights))
-        self.spec = get_label_spec(dataset)
-        check_model_matches(card, self.spec, weights)
+        weights, card, self.spec = card_for_dataset(self.cfg["weights"], self.cfg["dataset"],
+                                                    "set the 'dataset' parameter")
         self.model = model_description(card, weights)
         self.evaluator = make_evaluator(self.spec)
         # The scoring rules are the offline pipeline's (same LUT, size checks, evaluator).
@@ -125,7 +118,7 @@ class EvalNode(Node):
         if not self.cfg["gt_wait_for_labels"]:
             self._subscribe_gt()
         if self.cfg["instances_topic"] and not self._with_instances:
-            self.get_logger().warning("instances_topic ignored: {} has no instance metrics".format(dataset))
+            self.get_logger().warning("instances_topic ignored: {} has no instance metrics".format(self.spec.dataset))
         self.gt_topic = self.resolve_topic_name(self.cfg["gt_topic"])
         # seg_node names its status "<node>: segmentation"; its labels are "<node>/labels".
         self._seg_status = "{}: segmentation".format(self.sub_labels.topic_name.rsplit("/", 1)[0] or "/")
