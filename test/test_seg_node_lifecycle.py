@@ -156,6 +156,17 @@ def test_failed_configure_keeps_the_node_up_and_unconfigured(weights, tmp_path):
         state = _call(ros, Lifecycle(ros, "seg_lc_bad").get, GetState.Request()).current_state
         assert state.id == State.PRIMARY_STATE_UNCONFIGURED
         assert Lifecycle(ros, "seg_lc_bad").set(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        # Mend the value while unconfigured, configure, then shut down from inactive.
+        assert unknown_mask.set_parameters([Parameter("mask_classes", value=["Road"])])[0].successful
+        life = Lifecycle(ros, "seg_lc_mask")
+        assert life.set(Transition.TRANSITION_CONFIGURE) and life.state() == "inactive"
+        assert unknown_mask._mask_lut[names_index(unknown_mask, "Road")] == 255
+        assert life.set(Transition.TRANSITION_INACTIVE_SHUTDOWN) and life.state() == "finalized"
+        assert unknown_mask.segmenter is None
+
+
+def names_index(node, name: str) -> int:
+    return list(node.get_parameter("class_names").value).index(name)
 
 
 def test_confidence_mask_and_compressed_outputs(weights):
