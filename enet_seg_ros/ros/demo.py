@@ -371,6 +371,19 @@ def play(children: Children, viewer: Viewer, plan: Plan, deadline: float) -> int
     return code
 
 
+def nodes_ready(children: Children, viewer: Viewer, t_start: float, deadline: float) -> bool:
+    """Wait for every node's start-up line and for the viewer to see seg_node; prints why not."""
+    for name in children.procs:
+        if not children.wait_ready(name, deadline):
+            print("demo: error: {} did not start:\n  {}".format(name, children.procs[name][1].tail()), file=sys.stderr)
+            return False
+    print("demo: nodes ready after {:.1f} s".format(time.monotonic() - t_start), flush=True)
+    if not wait_until(lambda: viewer.publishers("/seg_node/overlay") > 0, 60.0):
+        print("demo: error: DDS discovery failed (no /seg_node/overlay publisher seen)", file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     from ..weights import WeightsError, read_card, resolve_weights
@@ -399,16 +412,8 @@ def run(args: argparse.Namespace) -> int:
     start_nodes(children, plan, args, weights, out)
     shown = np.linspace(0, max(plan.total, 1) - 1, num=max(1, min(args.pngs, max(plan.total, 1))))
     viewer = Viewer(plan, frozenset(shown.round().astype(int).tolist()))
-    code = 0
     try:
-        for name in children.procs:
-            if not children.wait_ready(name, deadline):
-                print("demo: error: {} did not start:\n  {}".format(name, children.procs[name][1].tail()),
-                      file=sys.stderr)
-                return 2
-        print("demo: nodes ready after {:.1f} s".format(time.monotonic() - t_start), flush=True)
-        if not wait_until(lambda: viewer.publishers("/seg_node/overlay") > 0, 60.0):
-            print("demo: error: DDS discovery failed (no /seg_node/overlay publisher seen)", file=sys.stderr)
+        if not nodes_ready(children, viewer, t_start, deadline):
             return 2
         start_sources(children, plan, args)
         code = play(children, viewer, plan, deadline)
