@@ -19,6 +19,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("import-weights", "import_weights", "convert published checkpoints to safetensors + card"),
     ("info", "info", "print a weights file's model card and parameter count"),
     ("export", "export", "export weights to ONNX or a TensorRT engine"),
+    ("quantize", "quantize", "int8 Q/DQ graphs: calibrate, validate against fp32, record in the model card"),
     ("bench", "bench", "benchmark archs x backends x sizes (latency, fps, GFLOPs)"),
     ("train", "train", "train a network on Cityscapes or CamVid"),
     ("eval-preds", "eval_preds", "score Cityscapes-format prediction PNGs against gtFine"),

@@ -55,6 +55,9 @@ class ModelCard:
     label_upsampling: str = "nearest"  # labels resized nearest at camera size (not logits)
     recipe: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
+    # Lossy precisions validated for these weights (e.g. "int8": accuracy-guard record written by
+    # `enet-seg quantize --validate --record`); precision "auto" only picks a validated one.
+    precisions: Dict[str, Any] = field(default_factory=dict)
     source: str = ""
     format: int = CARD_FORMAT
 

@@ -19,12 +19,14 @@ from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from enet_seg_ros.engine.registry import backend_choices
+
 PACKAGE = "enet_seg_ros"
 ARGUMENTS = (
     ("bag", "", "rosbag2 folder with frames and ground truth (empty with source:=none)"),
     ("source", "bag", "bag: replay with image_source; none: play the bag yourself (ros2 bag play)"),
     ("weights", "", "weights file (empty: the shipped default model)"),
-    ("backend", "auto", "auto | torch | onnxruntime | openvino | tensorrt"),
+    ("backend", "auto", " | ".join(backend_choices())),
     ("dataset", "", "camvid | cityscapes (empty: the model card's)"),
     ("compressed", "false", "the bag's frames are on /camera/image_raw/compressed"),
     ("instances", "false", "also replay /camera/instances_gt for Cityscapes iIoU"),

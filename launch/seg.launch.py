@@ -23,6 +23,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from enet_seg_ros.engine.registry import backend_choices
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "enet_seg_ros"
@@ -30,7 +32,7 @@ ARGUMENTS = (
     ("image_topic", "", "input image topic (empty: the params file's, /camera/image_raw)"),
     ("weights", "", "weights file or shipped model name, e.g. erfnet_camvid (empty: the params file's; there "
                    "empty = enet_camvid)"),
-    ("backend", "", "auto | torch | onnxruntime | openvino | tensorrt (empty: the params file's)"),
+    ("backend", "", " | ".join(backend_choices()) + " (empty: the params file's)"),
     ("params_file", "", "seg_node parameters (empty: config/seg.yaml from the package share)"),
     ("namespace", "", "namespace of the nodes (one per camera)"),
     ("use_rviz", "false", "start rviz2 with config/seg.rviz (input, overlay and colour images)"),

@@ -82,3 +82,26 @@ def test_bench_rejects_unknown_choices(tmp_path):
         _bench("--arch", "enet", "--backend", "coreml", "--runs", "1")
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         _bench("--arch", "enet", "--size", "640", "--runs", "1")
+
+
+def test_every_lossy_row_reports_agreement_vs_fp32(tmp_path):
+    import cv2
+    import numpy as np
+
+    from enet_seg_ros.bench.runner import synthetic_frame
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(calib / "{}.png".format(i)), synthetic_frame(96, 64, seed=i))
+    out = tmp_path / "bench.json"
+    assert _bench("--arch", "enet", "--backend", "onnxruntime", "--precision", "fp32,int8", "--size", "96x64",
+                  "--runs", "2", "--warmup", "1", "--threads", "1", "--calib", str(calib),
+                  "--cache-dir", str(tmp_path / "cache"), "--json", str(out)) == 0
+    rows = {r["precision"]: r for r in json.loads(out.read_text())["results"] if r["backend"] == "onnxruntime"}
+    assert set(rows) == {"fp32", "int8"}
+    assert "agreement_vs_fp32" not in rows["fp32"]  # exact rows need none
+    lossy = rows["int8"]
+    assert 0.0 <= lossy["agreement_vs_fp32"] <= 1.0 and lossy["agreement_frames"] == 1
+    assert lossy["agreement_source"] == "benchmark frame"
+    assert np.isfinite(lossy["ms_median"])

@@ -147,34 +147,37 @@ def test_cache_key_separates_weights_sizes_and_variants(small_weights, tmp_path,
 
 # -- fallback chain -----------------------------------------------------------------------------------
 
-def test_auto_prefers_onnxruntime_on_cpu_and_logs_skips(small_weights, cache, caplog):
+def test_auto_picks_the_first_usable_cpu_backend_and_logs_skips(small_weights, cache, caplog):
+    from enet_seg_ros.engine.registry import probe
+
     caplog.set_level(logging.INFO, logger="enet_seg_ros")
     seg = Segmenter(small_weights, backend="auto", warmup=0)
     if torch.cuda.is_available():
         pytest.skip("this test describes the CPU-only chain")
-    assert seg.backend_name == "onnxruntime" and seg.device == "cpu"
+    # OpenVINO (x86, installed) comes before ONNX Runtime in the auto chain.
+    expected = "openvino" if probe("openvino", "cpu", for_auto=True) is None else "onnxruntime"
+    assert seg.backend_name == expected and seg.device == "cpu"
     assert "tensorrt-cuda" in seg.backend.skipped and "torch-cuda" in seg.backend.skipped
-    assert "inference backend: onnxruntime" in caplog.text
-    assert "openvino-cpu" not in seg.backend.skipped  # OpenVINO is never tried by auto
+    assert "inference backend: " + expected in caplog.text
+    assert seg.selection_reason.startswith(expected + " on cpu (first usable backend of the auto chain")
 
 
 def test_fallback_when_a_backend_is_forced_to_fail(small_weights, cache, caplog, monkeypatch):
     frame = _frame()
     reference = Segmenter(small_weights, backend="torch", strict=True, warmup=0).segment(frame).labels
     caplog.set_level(logging.WARNING, logger="enet_seg_ros")
-    monkeypatch.setenv(FAIL_ENV, "onnxruntime")
+    monkeypatch.setenv(FAIL_ENV, "onnxruntime,openvino")
     seg = Segmenter(small_weights, backend="auto", warmup=0)
     assert seg.backend_name == "torch"
     assert "onnxruntime-cpu failed to initialise" in caplog.text
     np.testing.assert_array_equal(seg.segment(frame).labels, reference)
-    # Same through the constructor argument, and an explicit choice falls back too (not strict).
-    monkeypatch.delenv(FAIL_ENV)
-    assert Segmenter(small_weights, backend="onnxruntime", fail_backends=["onnxruntime"],
-                     warmup=0).backend_name == "torch"
+    # An explicit choice falls back too (not strict).
+    assert Segmenter(small_weights, backend="onnxruntime", warmup=0).backend_name == "torch"
     with pytest.raises(RuntimeError, match="forced to fail"):
-        Segmenter(small_weights, backend="onnxruntime", fail_backends=["onnxruntime"], strict=True, warmup=0)
+        Segmenter(small_weights, backend="onnxruntime", strict=True, warmup=0)
+    monkeypatch.setenv(FAIL_ENV, "onnxruntime,openvino,torch")
     with pytest.raises(RuntimeError, match="no inference backend"):
-        Segmenter(small_weights, backend="auto", fail_backends=["onnxruntime", "torch"], warmup=0)
+        Segmenter(small_weights, backend="auto", warmup=0)
 
 
 def test_fallback_on_a_real_failure_unwritable_cache(small_weights, tmp_path, monkeypatch, caplog):

@@ -11,7 +11,7 @@ import torch
 from enet_seg_ros.engine.backends.tensorrt_backend import (ENGINE_SUFFIX, engine_env, engine_fields, fetch_engine,
                                                            tensorrt_status)
 from enet_seg_ros.engine.cache import ArtifactCache
-from enet_seg_ros.engine.select import create_backend
+from enet_seg_ros.engine.registry import create_backend
 
 MAGIC = b"ENGINE:"
 

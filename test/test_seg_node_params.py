@@ -51,7 +51,7 @@ def _run_node(*ros_args: str, timeout: float = 120.0):
 # -- start-up failures: one clear error, exit code != 0 ------------------------------------
 @pytest.mark.parametrize("args,expected", [
     (["-p", "weights:=/nonexistent/model.safetensors"], "/nonexistent/model.safetensors: weights file not found"),
-    (["-p", "backend:=warp_drive"], "unknown backend 'warp_drive'"),
+    (["-p", "backend:=warp_drive"], "backend must be one of ['auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'], got 'warp_drive'"),
     (["-p", "overlay_alpha:=2.5"], "overlay_alpha"),
     (["-p", "qos_reliability:=sometimes"], "qos_reliability must be one of"),
     (["-p", "output_resolution:=huge"], "output_resolution must be one of"),

@@ -203,6 +203,7 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
                 backend, _, flavour = backend_spec.partition("+")
                 extra = {"compile": True} if flavour == "compile" else {}
                 for precision in config.precisions:
+                    # "default": the backend's own default; "auto": Segmenter's default (validated records).
                     prec = None if precision == "default" else precision
                     label = "{}/{}/{}x{}".format(backend_spec, precision, w, h)
                     try:
@@ -230,8 +231,13 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
                         details["requested"] = "auto"
                     name = seg.backend_name + ("+compile" if seg.backend.details.get("compiled") else "")
                     rec = _record(base, name, seg.precision, seg.device, t_bare, t_e2e, eager_ms, peak, details)
+                    if backend == "auto" or precision == "auto":
+                        details["selection_reason"] = seg.selection_reason
                     if agreement_files:
                         rec.update(_agreement(seg, eager, agreement_files, size, reference))
+                    elif seg.precision != "fp32":
+                        # Every lossy row reports its agreement: here on the benchmark frame.
+                        rec.update(_agreement_frames(seg, eager, [frame]))
                     results.append(rec)
                     say(_line(rec))
                     seg.close()
@@ -249,7 +255,8 @@ CONVENTIONS = {
     "speedup_vs_eager": "torch-eager ms_median / this ms_median, same arch, size and run; the eager baseline "
                         "is the faster of two timings, before and after the block's backends (eager_ms_medians)",
     "matmul_fraction": "achieved GFLOP/s (gflops / ms_median) / fp32 GEMM GFLOP/s measured in the same run",
-    "agreement_vs_fp32": "fraction of pixels whose label equals fp32 eager PyTorch's, over the agreement frames",
+    "agreement_vs_fp32": "fraction of pixels whose label equals fp32 eager PyTorch's, over the agreement frames "
+                         "(--agreement DIR), else on the benchmark frame; reported for every lossy row",
     "fp16_mb": "parameters x 2 bytes / 1e6",
 }
 
@@ -302,6 +309,17 @@ def _agreement(seg, eager: _Eager, files: List[Path], size: Tuple[int, int],
         same += int(np.count_nonzero(got == reference[i]))
         total += got.size
     return {"agreement_vs_fp32": round(same / total, 5) if total else None, "agreement_frames": len(files)}
+
+
+def _agreement_frames(seg, eager: _Eager, frames: List[np.ndarray]) -> Dict[str, Any]:
+    """Label agreement of ``seg`` with fp32 eager PyTorch on in-memory frames (model size)."""
+    same = total = 0
+    for frame in frames:
+        got = seg.segment(frame, output="model").labels
+        same += int(np.count_nonzero(got == eager.labels(frame)))
+        total += got.size
+    return {"agreement_vs_fp32": round(same / total, 5) if total else None, "agreement_frames": len(frames),
+            "agreement_source": "benchmark frame"}
 
 
 def _line(rec: Dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto, torch, torch+compile (torch.compile, slow first start), onnxruntime, openvino, tensorrt "
                         "or all (comma list allowed); fp32 eager PyTorch is always measured as the baseline")
     p.add_argument("--precision", default="default",
-                   help="default (each backend's own), or a comma list of fp32,fp16,bf16,int8; "
+                   help="default (each backend's own), auto (Segmenter's default: the fastest validated "
+                        "precision of the model card), or a comma list of fp32,fp16,bf16,int8; "
                         "'all' = default + bf16 + int8. Unsupported combinations are skipped")
     p.add_argument("--size", default="640x360", help="WxH[,WxH...] network input sizes")
     p.add_argument("--runs", type=int, default=30, help="timed runs per configuration (median / p90)")
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run_benchmark
     from ..bench.report import to_markdown
     from ..engine import parse_size
-    from ..engine.select import BACKENDS
+    from ..engine.registry import list_backends
     from ..nets import list_archs
     from ..weights import read_card
 
@@ -97,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
     for arch in archs:
         if arch not in list_archs():
             raise ValueError("unknown arch {!r}; expected one of {} or all".format(arch, list_archs()))
-    backends = list(BACKENDS) if args.backend == "all" else _split(args.backend)
+    known = list_backends()
+    backends = list(known) if args.backend == "all" else _split(args.backend)
     for b in backends:
-        if b not in BACKENDS + ("auto", "torch+compile"):
-            raise ValueError("unknown backend {!r}; expected auto, {} or all".format(b, ", ".join(BACKENDS)))
+        if b not in known + ("auto", "torch+compile"):
+            raise ValueError("unknown backend {!r}; expected auto, {} or all".format(b, ", ".join(known)))
     precisions = ["default", "bf16", "int8"] if args.precision == "all" else _split(args.precision)
     for prec in precisions:
-        if prec not in ("default", "fp32", "fp16", "bf16", "int8"):
+        if prec not in ("default", "auto", "fp32", "fp16", "bf16", "int8"):
             raise ValueError("unknown precision {!r}".format(prec))
     sizes = [parse_size(s) for s in _split(args.size)]
     if args.runs < 1:

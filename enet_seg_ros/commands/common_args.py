@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..engine.registry import backend_choices
+
 
 def add_dataset_folder_arguments(parser: argparse.ArgumentParser, images_help: str = "") -> None:
     """``--dataset``, ``--images``, ``--labels``: a labelled folder in CamVid or Cityscapes layout."""
@@ -19,7 +21,7 @@ def add_dataset_folder_arguments(parser: argparse.ArgumentParser, images_help: s
 def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     """``--weights``, ``--backend``, ``--device``, ``--size``, ``--threads``: how to build a Segmenter."""
     parser.add_argument("--weights", required=True, metavar="W", help="weights file (.safetensors with model card) or shipped model name (enet_camvid, ...)")
-    parser.add_argument("--backend", default="auto", metavar="B", help="auto, torch, onnxruntime, openvino or tensorrt")
+    parser.add_argument("--backend", default="auto", choices=backend_choices(), help="inference backend")
     parser.add_argument("--device", default=None, help="backend device (e.g. cpu, cuda:0)")
     parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",

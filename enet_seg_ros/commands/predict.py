@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.registry import backend_choices
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register the predict flags."""
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (any size, any OpenCV format)")
     p.add_argument("--weights", default=None, help="weights file or shipped model name, e.g. erfnet_camvid (default: enet_camvid)")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="inference backend")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8 (default: the backend's)")
     p.add_argument("--size", default=None, help="network input WxH (default: the card's)")

@@ -1,4 +1,4 @@
-"""Inference engine: :class:`Segmenter` on torch, ONNX Runtime, OpenVINO or TensorRT backends.
+"""Inference engine: :class:`Segmenter` on torch, ONNX Runtime, OpenVINO or TensorRT backends (:mod:`.registry`).
 
 >>> from enet_seg_ros.engine import Segmenter
 >>> seg = Segmenter("models/enet_camvid.safetensors", backend="auto")   # doctest: +SKIP
@@ -11,8 +11,9 @@ from .backends.base import Backend, BackendUnavailable
 from .preprocess import POLICIES, UNKNOWN, Geometry, Preprocess, plan
 from .result import Result
 from .segmenter import Segmenter, parse_size
-from .select import AUTO_CHAIN, BACKENDS, create_backend
+from .registry import AUTO_CHAIN, BACKENDS, backend_choices, create_backend, get_backend, list_backends, probe_all
 from .source import ModelSource, load_source
 
-__all__ = ["Segmenter", "Result", "Geometry", "Preprocess", "plan", "POLICIES", "UNKNOWN", "Backend", "BackendUnavailable",
-           "BACKENDS", "AUTO_CHAIN", "create_backend", "ModelSource", "load_source", "parse_size"]
+__all__ = ["Segmenter", "Result", "Geometry", "Preprocess", "plan", "POLICIES", "UNKNOWN", "Backend",
+           "BackendUnavailable", "BACKENDS", "AUTO_CHAIN", "create_backend", "list_backends", "backend_choices",
+           "get_backend", "probe_all", "ModelSource", "load_source", "parse_size"]

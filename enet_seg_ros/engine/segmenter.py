@@ -11,12 +11,13 @@ from .backends.base import Backend
 from .preprocess import (POLICIES, UNKNOWN, Geometry, check_channel_order, check_image, logits_to_input_resolution,
                          pad_colour, plan, to_input_resolution, to_model_input)
 from .result import Result, palette_lut
-from .select import create_backend
+from .registry import create_backend
+from .quantize import validated_precisions
 from .source import load_source
 
 LOG = logging.getLogger(__name__)
 OUTPUT_RESOLUTIONS = ("input", "model")
-PRECISIONS = (None, "fp32", "fp16", "bf16", "int8")
+PRECISIONS = (None, "auto", "fp32", "fp16", "bf16", "int8")
 
 
 def parse_size(size: Union[str, Sequence[int]]) -> Tuple[int, int]:
@@ -38,6 +39,36 @@ def parse_size(size: Union[str, Sequence[int]]) -> Tuple[int, int]:
     return w, h
 
 
+def selection_reason(backend: Backend, requested_backend: str, requested_precision: Optional[str]) -> str:
+    """One sentence: which backend / precision runs and why (for logs, /diagnostics, demo, doctor)."""
+    if requested_backend == "auto":
+        why_backend = "first usable backend of the auto chain"
+    elif backend.name == requested_backend:
+        why_backend = "requested"
+    else:
+        why_backend = "fallback: {} could not start".format(requested_backend)
+    skipped = ["{} ({})".format(k, v.split(";")[0][:80]) for k, v in backend.skipped.items()]
+    if skipped:
+        why_backend += "; skipped " + ", ".join(skipped)
+    record = backend.selection.get("validated") if backend.selection else None
+    if requested_precision == "auto":
+        if record:
+            checked = record.get("backends", {}).get(backend.name, {})
+            why_precision = "validated in the model card: mIoU drop {:.2f} pt, label agreement {:.2%} vs fp32 over " \
+                            "{} val frames".format(checked.get("miou_drop_pt", float("nan")),
+                                                   checked.get("agreement_vs_fp32", float("nan")),
+                                                   record.get("val_frames", "?"))
+        else:
+            why_precision = "the backend's default: no validated lossy precision for this model on {} {}".format(
+                backend.name, backend.device)
+    elif requested_precision is None:
+        why_precision = "the backend's default"
+    else:
+        why_precision = "requested"
+    return "{} on {} ({}); precision {} ({})".format(backend.name, backend.device, why_backend, backend.precision,
+                                                     why_precision)
+
+
 class Segmenter:
     """Semantic segmentation of camera frames.
 
@@ -47,12 +78,16 @@ class Segmenter:
 
     Args:
         weights: path to a ``.safetensors`` weights file, or a loaded ``(model, card)`` pair.
-        backend: ``auto`` (TensorRT > ONNX Runtime GPU > torch CUDA > ONNX Runtime CPU > torch
-            CPU), ``torch``, ``onnxruntime`` or ``tensorrt``. An explicit backend that fails
+        backend: ``auto`` (the registry's chain: TensorRT > ONNX Runtime GPU > torch CUDA >
+            OpenVINO (x86) > ONNX Runtime CPU > torch CPU) or a name of
+            :func:`~enet_seg_ros.engine.registry.list_backends`. An explicit backend that fails
             falls back along the auto chain with a warning unless ``strict=True``.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (``None``: best available).
-        precision: ``fp32``, ``fp16``, ``bf16``, ``int8`` (``None``: the backend's default:
-            fp16 for TensorRT / torch CUDA, fp32 on CPU). Lossy modes are opt-in.
+        precision: ``auto`` (default): the fastest precision the model card has a validated
+            accuracy record for on the chosen backend (``enet-seg quantize --validate
+            --record``), else the backend's default; ``None``: the backend's default (fp16 for
+            TensorRT / torch CUDA, fp32 on CPU); or ``fp32``, ``fp16``, ``bf16``, ``int8``.
+            :attr:`selection_reason` says what was picked and why.
         input_size: network input (width, height) or ``"WxH"``; default: the card's.
         resize_policy: ``stretch``, ``letterbox`` or ``center_crop``; default: the card's.
         confidence: also compute the per-pixel max softmax probability (costs ~5-10% on CPU).
@@ -61,19 +96,18 @@ class Segmenter:
             ``~/.cache/enet_seg_ros``).
         calibration: folder of images for int8 calibration.
         strict: raise instead of falling back when the explicit backend fails.
-        fail_backends: backend names (``name`` or ``name:cpu``) to treat as failing (testing /
-            diagnostics; also ``$ENET_SEG_FAIL_BACKENDS``).
         warmup: inference runs at construction, so the first frame is not slow.
-        **backend_options: passed to the backend (e.g. ``channels_last`` for torch).
+        **backend_options: passed to the backend (e.g. ``channels_last`` for torch). Test /
+            diagnostic hook: ``$ENET_SEG_FAIL_BACKENDS`` (see :mod:`.registry`).
 
     ``segment()`` is thread-safe: preprocessing runs in the caller's thread, the backend call
     is serialised by a lock.
     """
 
     def __init__(self, weights, backend: str = "auto", device: Optional[str] = None,
-                 precision: Optional[str] = None, input_size=None, *, resize_policy: Optional[str] = None,
+                 precision: Optional[str] = "auto", input_size=None, *, resize_policy: Optional[str] = None,
                  confidence: bool = False, threads: Optional[int] = None, cache_dir=None, calibration=None,
-                 strict: bool = False, fail_backends: Optional[Sequence[str]] = None, warmup: int = 2,
+                 strict: bool = False, warmup: int = 2,
                  **backend_options: Any) -> None:
         if precision not in PRECISIONS:
             raise ValueError("precision must be one of {}, got {!r}".format(PRECISIONS[1:], precision))
@@ -90,11 +124,18 @@ class Segmenter:
         # a card asking for bilinear logits upsampling needs the logits on the host.
         self._graph_output = "logits" if card.label_upsampling == "bilinear" else "labels"
         self.confidence = bool(confidence)
+        validated = validated_precisions(self.source) if precision in ("auto", "int8") else {}
+        if "int8" in validated:
+            backend_options.setdefault("int8", validated["int8"])
+        elif (card.precisions or {}).get("int8") and calibration is None:
+            # An int8 graph built by `enet-seg quantize` is found through the record, validated or not.
+            backend_options.setdefault("int8", card.precisions["int8"])
         self._backend: Backend = create_backend(
             self.source, self.input_size, backend=backend, device=device, precision=precision, strict=strict,
             threads=threads, cache_dir=cache_dir, calibration=calibration, output=self._graph_output,
             with_confidence=self.confidence, resize_policy=self.resize_policy,
-            fail_backends=set(fail_backends or ()), **backend_options)
+            validated=validated if precision == "auto" else {}, **backend_options)
+        self.selection_reason: str = selection_reason(self._backend, backend, precision)
         self._model_order = card.normalization.channel_order
         self._fill = pad_colour(card.normalization.mean)
         self._lut = palette_lut(card.palette)
@@ -145,7 +186,7 @@ class Segmenter:
         return {"arch": self.card.arch, "backend": self.backend_name, "device": self.device,
                 "precision": self.precision, "input_size": list(self.input_size),
                 "resize_policy": self.resize_policy, "details": dict(self._backend.details),
-                "skipped": dict(self._backend.skipped)}
+                "skipped": dict(self._backend.skipped), "selection_reason": self.selection_reason}
 
     def geometry_for(self, width: int, height: int) -> Geometry:
         """The frame <-> model mapping for frames of ``width`` x ``height`` (cached)."""

@@ -34,6 +34,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.registry import backend_choices
 from .runner import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     parser.add_argument("--size", default="640x360", help="synthetic frame size WxH (default 640x360)")
     parser.add_argument("--weights", default="", help="weights file (default: the shipped model)")
-    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt")
+    parser.add_argument("--backend", default="auto", choices=backend_choices(), help="seg_node backend")
     parser.add_argument("--precision", default="", help="seg_node precision (fp32, fp16, bf16, int8; default: the backend's)")
     parser.add_argument("--pngs", type=int, default=4, help="overlay PNGs and contact-sheet rows (default 4)")
     parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
@@ -506,6 +507,8 @@ def report(args: argparse.Namespace, out: Path, plan: Plan, seen: Observed, code
               len(seen.overlays), len(seen.inputs), measured["fps"], args.rate, measured["latency"]["p50"],
               measured["latency"]["p95"], node.get("backend", "?"), node.get("dropped_frames", "?"),
               node.get("latency_p50_ms", "?")))
+    if node.get("selection"):
+        print("demo: seg_node runs {} {}: {}".format(node.get("backend"), node.get("precision"), node["selection"]))
     if seen.miou is not None:
         print("demo: live mIoU {:.1f}% (eval_node, {} scored updates); report {}".format(
             100 * seen.miou, seen.scored_updates, summary["eval_report"]))

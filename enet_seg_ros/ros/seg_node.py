@@ -43,6 +43,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..engine.preprocess import to_model_input
+from ..engine.registry import backend_choices
 from ..io.camera_info import scale_camera_info
 from ..io.image_conv import (DEFAULT_MAX_PIXELS, ImageFormatError, array_to_compressed, array_to_image,
                              compressed_to_color, image_to_color, message_summary)
@@ -54,6 +55,7 @@ from .runner import run_node
 
 NODE_NAME = "seg_node"
 RESIZE_POLICIES = ("stretch", "letterbox", "center_crop")
+PRECISION_CHOICES = ("", "auto", "fp32", "fp16", "bf16", "int8")
 
 
 def _check_input_size(value) -> Optional[str]:
@@ -77,11 +79,13 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "configure and activate at start-up (false: start unconfigured and wait for a "
               "lifecycle manager, e.g. ros2 lifecycle set /seg_node configure)"),
     ParamSpec("weights", "", "weights file (.safetensors with model card) or shipped model name (enet_camvid, erfnet_camvid, espnet_camvid); empty: the shipped default model"),
-    ParamSpec("backend", "auto", "inference backend (auto, torch, onnxruntime, openvino, tensorrt)"),
+    ParamSpec("backend", "auto", "inference backend", choices=backend_choices()),
     ParamSpec("backend_strict", False, "an explicitly asked backend that cannot start is an error (exit code 2 "
               "with autostart) instead of a fallback along the auto chain"),
     ParamSpec("device", "", "backend device (e.g. cpu, cuda, cuda:0); empty: the backend's default"),
-    ParamSpec("precision", "", "fp32, fp16, bf16 or int8 where the backend supports it; empty: the backend's default"),
+    ParamSpec("precision", "auto", "auto: the fastest precision the model card validated for the backend (else "
+              "its default); fp32, fp16, bf16 or int8 where the backend supports it; empty: the backend's default",
+              choices=PRECISION_CHOICES),
     ParamSpec("input_size", [0, 0], "network input [width, height]; [0, 0]: the model card's size",
               check=_check_input_size, constraints="[0, 0] or two integers in [8, 8192]"),
     ParamSpec("resize_policy", "", "camera image -> network input: stretch, letterbox or center_crop; "
@@ -320,9 +324,9 @@ class SegNode(LifecycleNode):
                 self.get_logger().error("configure failed: {}".format(exc))
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
-        self.get_logger().info("configured: model {} ({}), backend {} ({}, {})".format(
+        self.get_logger().info("configured: model {} ({}), backend {} ({}, {}): {}".format(
             self.model_name, self.segmenter_input_text(), self.backend_name, self.segmenter.device,
-            self.segmenter.precision))
+            self.segmenter.precision, self.selection_reason))
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -453,6 +457,11 @@ class SegNode(LifecycleNode):
     @property
     def backend_name(self) -> str:
         return str(getattr(self.segmenter, "backend_name", "?"))
+
+    @property
+    def selection_reason(self) -> str:
+        """Why this backend and precision run (the Segmenter's selection reason)."""
+        return str(getattr(self.segmenter, "selection_reason", "") or "as asked")
 
     @property
     def model_name(self) -> str:
@@ -687,7 +696,7 @@ class SegNode(LifecycleNode):
             self._last_error = ""
         values = dict(snap)
         values.update(backend=self.backend_name, precision=self.segmenter.precision,
-                      device=self.segmenter.device, model=self.model_name,
+                      device=self.segmenter.device, selection=self.selection_reason, model=self.model_name,
                       input_topic=self._input_topic, output_resolution=self.cfg["output_resolution"])
         status.values = key_values(values)
         arr = DiagnosticArray(status=[status])

@@ -36,6 +36,7 @@ class Backend:
         self.max_batch: Optional[int] = None
         self.details: Dict[str, object] = {}
         self.skipped: Dict[str, str] = {}  # backends tried before this one and why they were not used
+        self.selection: Dict[str, object] = {}  # how the registry picked it (see engine.registry)
 
     def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Run one (N, H, W, 3) uint8 C-contiguous batch; returns outputs by name (numpy, batch first)."""

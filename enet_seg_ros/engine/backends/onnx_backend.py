@@ -12,9 +12,10 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from ..cache import GRAPH_FORMAT, ArtifactCache
-from ..export import export_onnx_bytes, quantize_int8
+from ..export import export_onnx_bytes
 from ..graph import INPUT_NAME
 from ..source import ModelSource
+from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
 
 LOG = logging.getLogger(__name__)
@@ -67,14 +68,16 @@ class OnnxRuntimeBackend(Backend):
         source: network + card.
         input_size: (width, height).
         device: ``cpu`` or ``cuda``; ``None`` picks CUDA when a GPU provider exists.
-        precision: ``fp32`` (default) or ``int8`` (static QDQ quantisation calibrated on
-            ``calibration``; lossy, opt-in). On GPU, ``fp16`` enables the TensorRT provider's fp16.
+        precision: ``fp32`` (default) or ``int8`` (the static Q/DQ graph of :mod:`..quantize`,
+            calibrated on ``calibration`` or found in the cache through ``int8``, the model
+            card's validated record). On GPU, ``fp16`` enables the TensorRT provider's fp16.
         threads: intra-op threads (``None``/0: one per physical core).
         spin: let idle intra-op threads busy-wait between kernels. Off by default: on a CPU
             shared with a camera driver and other ROS nodes, spinning threads steal their cycles
             and, when the cores are oversubscribed, made inference 2-3x slower here.
         cache_dir: artefact cache root (default ``$ENET_SEG_CACHE`` or ``~/.cache/enet_seg_ros``).
         calibration: folder of images for int8; ``calibration_limit`` images are used.
+        int8: the model card's ``precisions["int8"]`` record (calibration digest, settings).
         output / with_confidence: graph outputs.
     """
 
@@ -83,6 +86,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
                  precision: Optional[str] = None, threads: Optional[int] = None, cache_dir=None,
                  calibration=None, calibration_limit: int = 32, output: str = "labels",
+                 int8: Optional[dict] = None,
                  with_confidence: bool = False, fail_backends: Optional[Set[str]] = None,
                  resize_policy: str = "stretch", optimization: str = "all", spin: bool = False,
                  **_unused) -> None:
@@ -103,18 +107,24 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("onnxruntime fp16 needs the TensorRT execution provider")
         if precision == "int8" and on_gpu:
             raise BackendUnavailable("onnxruntime int8 is a CPU mode here (use the tensorrt backend on GPU)")
-        if precision == "int8" and calibration is None:
-            raise BackendUnavailable("onnxruntime int8 needs calibration images (calibration=DIR / --calib DIR)")
+        if precision == "int8":
+            from ..quantize import Int8Request, QuantSettings
+
+            # int8: calibration images, or the calibration digest + settings of a validated
+            # record in the model card (the graph is then found in the cache).
+            record = int8 or {}
+            self._int8 = Int8Request(calibration, record.get("calibration_digest"), calibration_limit,
+                                     QuantSettings.from_dict(record.get("quantization")))
+            self._int8_digest = self._int8.digest()  # raises BackendUnavailable without either
         self._ort = ort
         self.device, self.precision, self.input_size = device, precision, (int(input_size[0]), int(input_size[1]))
         self.cache = ArtifactCache(cache_dir, "onnx")
-        self.fields = dict(onnx_fields(source, self.input_size, output, with_confidence),
-                           precision="int8" if precision == "int8" else "fp32")
+        self.fields = dict(onnx_fields(source, self.input_size, output, with_confidence), precision="fp32")
         if precision == "int8":
-            from ..calib import calibration_digest
+            from ..quantize import int8_fields
 
-            self.fields["calibration"] = calibration_digest(calibration, calibration_limit)
-            self.fields["resize_policy"] = resize_policy
+            self.fields = int8_fields(source, self.input_size, output, with_confidence, "native", "full",
+                                      self._int8_digest, self._int8.settings, resize_policy)
         self._build_args = dict(source=source, output=output, with_confidence=with_confidence,
                                 calibration=calibration, calibration_limit=calibration_limit,
                                 resize_policy=resize_policy)
@@ -170,21 +180,12 @@ class OnnxRuntimeBackend(Backend):
         source: ModelSource = args["source"]
         LOG.info("exporting %s %s to ONNX (%s) into %s", source.arch, self.fields["size"], self.fields["precision"],
                  self.cache.root)
-        fp32_path = fp32_onnx(self.cache, source, self.input_size, args["output"], args["with_confidence"])
         if self.fields["precision"] == "fp32":
-            return fp32_path
-        from ..calib import calibration_frames
-        from ..preprocess import pad_colour
+            return fp32_onnx(self.cache, source, self.input_size, args["output"], args["with_confidence"])
+        from ..quantize import int8_onnx
 
-        norm = source.card.normalization
-        frames = calibration_frames(args["calibration"], self.input_size, args["resize_policy"],
-                                    norm.channel_order, pad_colour(norm.mean), args["calibration_limit"])
-        tmp = self.cache.temp_path(self.fields, ".onnx")
-        try:
-            quantize_int8(fp32_path, tmp, frames)
-            return self.cache.commit(self.fields, ".onnx", tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
+        return int8_onnx(self.cache, source, self.input_size, self._int8, args["output"], args["with_confidence"],
+                         resize_policy=args["resize_policy"])
 
     def _session_options(self):
         ort = self._ort
@@ -224,5 +225,19 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:  # noqa: D102
         self.session = None
 
+
+def _probe(device: str) -> Optional[str]:
+    providers = ort_providers()
+    if not providers:
+        return "onnxruntime not installed"
+    if device == "cuda" and not any(p in providers for p in GPU_PROVIDERS):
+        return "no CUDA/TensorRT execution provider in this onnxruntime build"
+    return None
+
+
+register_backend(BackendEntry(
+    name="onnxruntime", devices=("cuda", "cpu"), probe=_probe, factory=lambda: OnnxRuntimeBackend,
+    precisions={"cpu": ("int8", "fp32"), "cuda": ("fp16", "fp32")},
+    summary="ONNX Runtime (CPU fp32 / int8 Q/DQ; CUDA or TensorRT execution providers)"))
 
 __all__ = ["OnnxRuntimeBackend", "fp32_onnx", "onnx_fields", "ort_providers", "ort_gpu_available"]

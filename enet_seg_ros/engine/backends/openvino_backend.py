@@ -26,10 +26,12 @@ import numpy as np
 
 from ..cache import ArtifactCache
 from ..source import ModelSource
+from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
 from .onnx_backend import fp32_onnx
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# int8: the Q/DQ graph; OpenVINO runs the quantised convolutions in int8 and the rest in f32.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MAX_BATCH = 8
 COMPILED_KEPT = 3  # compiled batch sizes kept in memory (least recently used dropped first)
 
@@ -67,7 +69,9 @@ class OpenVinoBackend(Backend):
         source: network + card.
         input_size: (width, height).
         device: ``cpu`` (the only device this backend drives).
-        precision: ``fp32`` (default) or ``bf16`` (CPUs with AVX512-BF16 / AMX; lossy, opt-in).
+        precision: ``fp32`` (default), ``bf16`` (CPUs with AVX512-BF16 / AMX; lossy) or ``int8``
+            (the Q/DQ graph of :mod:`..quantize`; see the ONNX Runtime backend for
+            ``calibration`` / ``int8``).
         threads: inference threads (``None``/0: OpenVINO's choice, one per physical core).
         cache_dir: artefact cache root; compiled blobs go to ``<root>/openvino`` so later starts
             skip compilation.
@@ -79,7 +83,8 @@ class OpenVinoBackend(Backend):
     def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
                  precision: Optional[str] = None, threads: Optional[int] = None, cache_dir=None,
                  output: str = "labels", with_confidence: bool = False, fail_backends: Optional[Set[str]] = None,
-                 **_unused) -> None:
+                 calibration=None, calibration_limit: int = 32, int8: Optional[dict] = None,
+                 resize_policy: str = "stretch", **_unused) -> None:
         super().__init__()
         device = device or "cpu"
         check_forced_failure(self.name, device, fail_backends)
@@ -88,13 +93,22 @@ class OpenVinoBackend(Backend):
         ov, core = _cpu_core()
         precision = precision or "fp32"
         if precision not in PRECISION_HINTS:
-            raise BackendUnavailable("openvino has no {} mode here (fp32 or bf16)".format(precision))
+            raise BackendUnavailable("openvino has no {} mode here (fp32, bf16 or int8)".format(precision))
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailable("openvino bf16 needs AVX512-BF16 or AMX, which this CPU lacks")
         self.device, self.precision = "cpu", precision
         self.input_size = (int(input_size[0]), int(input_size[1]))
         cache = ArtifactCache(cache_dir, "onnx")
-        self.path: Path = fp32_onnx(cache, source, self.input_size, output, with_confidence, argmax="compare")
+        if precision == "int8":
+            from ..quantize import Int8Request, QuantSettings, int8_onnx
+
+            record = int8 or {}
+            request = Int8Request(calibration, record.get("calibration_digest"), calibration_limit,
+                                  QuantSettings.from_dict(record.get("quantization")))
+            self.path: Path = int8_onnx(cache, source, self.input_size, request, output, with_confidence,
+                                        argmax="compare", resize_policy=resize_policy)
+        else:
+            self.path = fp32_onnx(cache, source, self.input_size, output, with_confidence, argmax="compare")
         blob_dir = cache.root.parent / "openvino"
         blob_dir.mkdir(parents=True, exist_ok=True)
         config: Dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
@@ -137,5 +151,21 @@ class OpenVinoBackend(Backend):
         self._compiled.clear()
         self._model = None
 
+
+def _probe(device: str) -> Optional[str]:
+    ok, why = openvino_status()
+    return None if ok else why
+
+
+def _auto_probe(device: str) -> Optional[str]:
+    from ..registry import is_x86
+
+    return None if is_x86() else "auto uses OpenVINO on x86 CPUs only"
+
+
+register_backend(BackendEntry(
+    name="openvino", devices=("cpu",), probe=_probe, factory=lambda: OpenVinoBackend,
+    precisions={"cpu": ("int8", "bf16", "fp32")}, auto_probe=_auto_probe,
+    summary="OpenVINO on x86 CPUs (fp32, bf16 on AVX512-BF16/AMX, int8 Q/DQ)"))
 
 __all__ = ["OpenVinoBackend", "openvino_status"]

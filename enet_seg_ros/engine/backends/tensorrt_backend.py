@@ -24,6 +24,7 @@ import numpy as np
 
 from ..cache import GRAPH_FORMAT, ArtifactCache
 from ..source import ModelSource
+from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
 
 LOG = logging.getLogger(__name__)
@@ -353,3 +354,14 @@ def _make_calibrator(trt, tensors):
             return None
 
     return Calibrator()
+
+
+def _probe(device: str) -> Optional[str]:
+    ok, why = tensorrt_status()
+    return None if ok else why
+
+
+register_backend(BackendEntry(
+    name="tensorrt", devices=("cuda",), probe=_probe, factory=lambda: TensorRTBackend,
+    precisions={"cuda": ("int8", "fp16", "fp32")},
+    summary="TensorRT engines on NVIDIA GPUs (fp16 default, fp32, int8)"))

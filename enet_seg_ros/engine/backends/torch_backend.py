@@ -9,6 +9,7 @@ import numpy as np
 from ...nets import fold_batchnorm
 from ..graph import InferenceGraph
 from ..source import ModelSource
+from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
 
 LOG = logging.getLogger(__name__)
@@ -156,3 +157,15 @@ class TorchBackend(Backend):
         if not isinstance(out, tuple):
             out = (out,)
         return {name: t.cpu().numpy() for name, t in zip(self.outputs, out)}
+
+
+def _probe(device: str) -> Optional[str]:
+    if device == "cuda" and not cuda_available():
+        return "CUDA not available to torch"
+    return None
+
+
+register_backend(BackendEntry(
+    name="torch", devices=("cuda", "cpu"), probe=_probe, factory=lambda: TorchBackend,
+    precisions={"cuda": ("fp16", "fp32"), "cpu": ("bf16", "fp32")},
+    summary="PyTorch eager (optionally torch.compile); CUDA fp16 or CPU fp32/bf16"))

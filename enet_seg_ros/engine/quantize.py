@@ -1,0 +1,378 @@
+"""int8 post-training static quantisation into Q/DQ ONNX graphs (``onnxruntime.quantization``).
+
+The fp32 inference graph (uint8 image in, labels out) is calibrated on real frames (CamVid
+train) and rewritten with explicit ``QuantizeLinear`` / ``DequantizeLinear`` pairs: int8
+per-channel symmetric weights, uint8 asymmetric activations, MinMax ranges. Normalisation and
+the argmax stay in float. The same Q/DQ graph runs on ONNX Runtime (its int8 kernels: VNNI /
+AMX-INT8 where present, AVX2 int8 otherwise) and OpenVINO (its low-precision transformations
+fold the Q/DQ pairs into int8 convolutions). The ``network`` flavour (float NCHW in, logits
+out, symmetric int8 activations as TensorRT wants them) is what the TensorRT backend builds
+explicit-precision int8 engines from (:func:`int8_onnx` with ``flavour="network"``).
+
+Every graph is cached like the fp32 exports (:class:`~enet_seg_ros.engine.cache.ArtifactCache`,
+``<cache>/onnx``), keyed by weights digest, size, graph variant, calibration digest and the
+quantisation settings, so a later start (or ``precision="auto"``) finds it without the
+calibration images: :func:`int8_onnx` then needs only the calibration digest recorded in the
+model card by ``enet-seg quantize --record``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .backends.base import BackendUnavailable
+from .cache import GRAPH_FORMAT, ArtifactCache
+from .graph import INPUT_NAME
+from .source import ModelSource
+
+LOG = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+# Ops whose int8 kernels pay off on x86 (VNNI / AMX / AVX2 int8); elementwise ops stay float.
+INT8_OPS = ("Conv", "ConvTranspose")
+DEFAULT_CALIBRATION_FRAMES = 32
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How a graph is quantised (part of the cache key and of the model-card record).
+
+    Attributes:
+        per_channel: one weight scale per output channel (else per tensor).
+        weight_symmetric: symmetric int8 weights (zero point 0).
+        activation_symmetric: symmetric activations (int8, zero point 0; TensorRT needs it).
+        calibrate: ``minmax``, ``percentile`` or ``entropy`` range estimation.
+        op_types: op types to quantise.
+        exclude: node-name patterns left in float (``first_conv`` / ``last_conv`` name the
+            network's first and last convolution wherever they sit in the graph).
+    """
+
+    per_channel: bool = True
+    weight_symmetric: bool = True
+    activation_symmetric: bool = False
+    calibrate: str = "minmax"
+    op_types: Tuple[str, ...] = INT8_OPS
+    exclude: Tuple[str, ...] = ()
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-friendly form (lists for tuples)."""
+        out = asdict(self)
+        out["op_types"], out["exclude"] = list(self.op_types), list(self.exclude)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Optional[Dict[str, Any]]) -> "QuantSettings":
+        """Inverse of :meth:`to_dict`; ``None`` / ``{}`` give the defaults."""
+        data = dict(data or {})
+        for key in ("op_types", "exclude"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Int8Request:
+    """What identifies one int8 graph besides the model: calibration and settings."""
+
+    calibration: Optional[PathLike] = None  # image folder (None: find a cached graph by digest)
+    calibration_digest: Optional[str] = None  # digest of the frames (from the card record)
+    limit: int = DEFAULT_CALIBRATION_FRAMES
+    settings: QuantSettings = field(default_factory=QuantSettings)
+
+    def digest(self) -> str:
+        """The calibration digest (computed from the folder when one is given)."""
+        if self.calibration is not None:
+            from .calib import calibration_digest
+
+            return calibration_digest(self.calibration, self.limit)
+        if not self.calibration_digest:
+            raise BackendUnavailable("int8 needs calibration images (calibration=DIR / --calib DIR) or a "
+                                     "validated int8 record in the model card (enet-seg quantize --record)")
+        return self.calibration_digest
+
+
+def int8_fields(source: ModelSource, input_size: Tuple[int, int], output: str, with_confidence: bool,
+                argmax: str, flavour: str, calib_digest: str, settings: QuantSettings,
+                resize_policy: str) -> Dict[str, Any]:
+    """Cache key of an int8 Q/DQ graph."""
+    from .backends.onnx_backend import onnx_fields
+
+    fields = dict(onnx_fields(source, input_size, output, with_confidence, argmax), precision="int8",
+                  calibration=calib_digest, quant=settings.to_dict(), resize_policy=resize_policy)
+    if flavour != "full":
+        fields["variant"] = flavour
+    fields["graph_format"] = GRAPH_FORMAT
+    return fields
+
+
+def int8_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, int], request: Int8Request,
+              output: str = "labels", with_confidence: bool = False, argmax: str = "native",
+              flavour: str = "full", resize_policy: str = "stretch") -> Path:
+    """The cached int8 Q/DQ graph, built (calibrated) when missing.
+
+    Calibration images come from ``request.calibration`` or, when only the digest is known
+    (a model-card record), from the calibration store in the cache (:func:`calibration_images`).
+
+    ``flavour``: ``full`` (uint8 image in, labels out; ONNX Runtime and OpenVINO) or
+    ``network`` (float NCHW normalised input, logits out, symmetric int8 activations; TensorRT).
+
+    Raises:
+        BackendUnavailable: no cached graph and no calibration images to build one.
+    """
+    settings = request.settings
+    if flavour == "network" and not settings.activation_symmetric:
+        settings = QuantSettings(**dict(settings.to_dict(), activation_symmetric=True,
+                                        op_types=settings.op_types, exclude=settings.exclude))
+    digest = request.digest()
+    fields = int8_fields(source, input_size, output, with_confidence, argmax, flavour, digest, settings,
+                         resize_policy)
+    path, reason = cache.lookup(fields, ".onnx")
+    if path is not None:
+        return path
+    if reason != "missing":
+        LOG.warning("cached int8 ONNX for %s is stale or corrupt (%s); rebuilding", source.arch, reason)
+        cache.discard(fields, ".onnx")
+    from .export import export_onnx_bytes
+
+    frames = model_frames(calibration_images(cache, request), source, input_size, resize_policy)
+    LOG.info("quantising %s %dx%d to int8 (%d calibration frames, %s)", source.arch, input_size[0], input_size[1],
+             len(frames), settings)
+    fp32 = cache.temp_path(fields, ".fp32.onnx")
+    tmp = cache.temp_path(fields, ".onnx")
+    try:
+        if flavour == "full":
+            from .backends.onnx_backend import fp32_onnx
+
+            fp32 = fp32_onnx(cache, source, input_size, output, with_confidence, argmax)
+            inputs = frames
+        else:
+            fp32.write_bytes(export_onnx_bytes(source, input_size, flavour="network"))
+            inputs = [normalise(f, source) for f in frames]
+        quantize_qdq(fp32, tmp, inputs, settings, input_name=INPUT_NAME if flavour == "full" else "input")
+        return cache.commit(fields, ".onnx", tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if flavour != "full":
+            fp32.unlink(missing_ok=True)
+
+
+def calibration_images(cache: ArtifactCache, request: Int8Request) -> List[np.ndarray]:
+    """The calibration images (BGR, as read) from ``request.calibration``, else from the cache.
+
+    Reading a folder also stores its images (compressed, keyed by the calibration digest) under
+    ``<cache>/calib``: a later start can then quantise another graph variant or size (e.g. with
+    the confidence output) with the very same calibration, without the dataset.
+
+    Raises:
+        BackendUnavailable: no folder given and nothing cached for the digest.
+    """
+    import io
+
+    from .calib import calibration_files
+
+    digest = request.digest()
+    store = ArtifactCache(cache.root.parent, "calib")
+    fields = {"calibration": digest, "format": 1}
+    if request.calibration is not None:
+        import cv2
+
+        images = []
+        for p in calibration_files(request.calibration, request.limit):
+            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError("{}: unreadable calibration image".format(p))
+            images.append(bgr)
+        if store.lookup(fields, ".npz")[0] is None:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, *images)
+            store.store(fields, ".npz", buf.getvalue())
+        return images
+    path, _ = store.lookup(fields, ".npz")
+    if path is None:
+        raise BackendUnavailable("int8: calibration images {} are not in the cache {}; quantise with "
+                                 "`enet-seg quantize WEIGHTS --calib DIR` (or pass calibration=DIR)".format(
+                                     digest, store.root))
+    with np.load(str(path)) as data:
+        return [data["arr_{}".format(i)] for i in range(len(data.files))]
+
+
+def model_frames(images: Sequence[np.ndarray], source: ModelSource, input_size: Tuple[int, int],
+                 resize_policy: str) -> List[np.ndarray]:
+    """BGR images -> model-size uint8 frames in the model's channel order, as :class:`Segmenter` feeds them."""
+    from .preprocess import pad_colour, plan, to_model_input
+
+    norm = source.card.normalization
+    fill = pad_colour(norm.mean)
+    return [to_model_input(img, plan((img.shape[1], img.shape[0]), input_size, resize_policy),
+                           swap_rb=norm.channel_order == "rgb", fill=fill) for img in images]
+
+
+def normalise(frame: np.ndarray, source: ModelSource) -> np.ndarray:
+    """(H, W, 3) uint8 model-order frame -> (3, H, W) float32 network input (as the graph does)."""
+    norm = source.card.normalization
+    factor = np.float32(norm.scale) / np.asarray(norm.std, np.float32)
+    x = (frame.astype(np.float32) - np.asarray(norm.mean, np.float32)) * factor
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class _Reader:
+    """ONNX Runtime calibration reader: one frame per batch."""
+
+    def __init__(self, frames: Iterable[np.ndarray], input_name: str) -> None:
+        self._frames = list(frames)
+        self._name = input_name
+        self._it: Iterator[np.ndarray] = iter(self._frames)
+
+    def get_next(self):
+        frame = next(self._it, None)
+        return None if frame is None else {self._name: frame[None]}
+
+    def rewind(self) -> None:  # some calibrators read the data twice
+        self._it = iter(self._frames)
+
+
+def conv_nodes(proto) -> List[str]:
+    """Names of the Conv / ConvTranspose nodes in graph order."""
+    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+
+
+def resolve_exclusions(proto, exclude: Sequence[str]) -> List[str]:
+    """Node names to keep in float: ``first_conv``, ``last_conv`` or exact node names."""
+    convs = conv_nodes(proto)
+    names = {n.name for n in proto.graph.node}
+    out: List[str] = []
+    for item in exclude:
+        if item == "first_conv" and convs:
+            out.append(convs[0])
+        elif item == "last_conv" and convs:
+            out.append(convs[-1])
+        elif item in names:
+            out.append(item)
+        else:
+            raise ValueError("cannot exclude {!r} from quantisation: no such node (use first_conv, last_conv "
+                             "or a node name)".format(item))
+    return out
+
+
+def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.ndarray],
+                 settings: QuantSettings = QuantSettings(), input_name: str = INPUT_NAME) -> None:
+    """Static Q/DQ quantisation of ``fp32_onnx`` into ``out_path`` calibrated on ``frames``.
+
+    ``frames`` are single graph inputs without the batch axis. Raises ``ValueError`` without frames.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not len(frames):
+        raise ValueError("int8 quantisation needs calibration frames (a folder of training images)")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if settings.calibrate not in methods:
+        raise ValueError("calibrate must be one of {}, got {!r}".format(sorted(methods), settings.calibrate))
+    out_path = Path(out_path)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        excluded = resolve_exclusions(onnx.load(str(pre), load_external_data=False), settings.exclude)
+        activation = QuantType.QInt8 if settings.activation_symmetric else QuantType.QUInt8
+        quantize_static(
+            str(pre), str(out_path), _Reader(frames, input_name),
+            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, reduce_range=False,
+            activation_type=activation, weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
+            calibrate_method=methods[settings.calibrate],
+            extra_options={"ActivationSymmetric": settings.activation_symmetric,
+                           "WeightSymmetric": settings.weight_symmetric},
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+    # Keep the model card and weights digest of the fp32 graph in the int8 graph's metadata.
+    src = onnx.load(str(fp32_onnx), load_external_data=False)
+    dst = onnx.load(str(out_path))
+    have = {p.key for p in dst.metadata_props}
+    for prop in src.metadata_props:
+        if prop.key not in have:
+            entry = dst.metadata_props.add()
+            entry.key, entry.value = prop.key, prop.value
+    entry = dst.metadata_props.add()
+    entry.key, entry.value = "enet_seg_ros.quantization", repr(settings.to_dict())
+    onnx.save(dst, str(out_path))
+
+
+def qdq_summary(path: PathLike) -> Dict[str, Any]:
+    """Counts of Q/DQ nodes and per-channel weight scales in a quantised graph (for tests / reports)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = sum(1 for n in dq if n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+                      and inits[n.input[1]].size > 1)
+    weights = sum(1 for n in dq if n.input[0] in inits and inits[n.input[0]].dtype == np.int8)
+    return {"quantize_linear": len(q), "dequantize_linear": len(dq), "int8_weights": weights,
+            "per_channel_weights": per_channel, "convs": len(conv_nodes(proto))}
+
+
+__all__ = ["QuantSettings", "Int8Request", "int8_onnx", "int8_fields", "quantize_qdq", "qdq_summary", "INT8_OPS"]
+
+
+# -- validated records (model card ``precisions``) -------------------------------------------------
+def tensor_digest(model) -> str:
+    """SHA-256 over a network's state dict (names, shapes, bytes), independent of its card.
+
+    Recorded with an accuracy-guard result so a record copied next to other weights (or left
+    in a card whose tensors were replaced) is never trusted.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        arr = tensor.detach().cpu().contiguous().numpy()
+        digest.update(name.encode())
+        digest.update(str((arr.dtype.str, arr.shape)).encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def validated_precisions(source: ModelSource) -> Dict[str, Dict[str, Any]]:
+    """``{precision: record}`` of the card's accepted records that belong to these very tensors.
+
+    A record counts when ``accepted`` is true, it names the backends it was checked on, and its
+    ``weights_digest`` equals :func:`tensor_digest` of the loaded network.
+    """
+    records = getattr(source.card, "precisions", None) or {}
+    out: Dict[str, Dict[str, Any]] = {}
+    digest = None
+    for prec, record in records.items():
+        if not isinstance(record, dict) or not record.get("accepted") or not record.get("backends"):
+            continue
+        if digest is None:
+            digest = tensor_digest(source.model)
+        if record.get("weights_digest") != digest:
+            LOG.warning("model card's %s record was made for other weights (digest mismatch); ignoring it", prec)
+            continue
+        out[prec] = record
+    return out
+
+
+# Graph variants a Segmenter asks for: (output, with_confidence, argmax). ONNX Runtime runs the
+# native ArgMax, OpenVINO the compare chain; seg_node computes confidence by default.
+VARIANTS = (("labels", False, "native"), ("labels", True, "native"),
+            ("labels", False, "compare"), ("labels", True, "compare"))
+
+
+def build_int8(source: ModelSource, sizes: Sequence[Tuple[int, int]], request: Int8Request,
+               cache_dir=None, resize_policy: Optional[str] = None,
+               variants: Sequence[Tuple[str, bool, str]] = VARIANTS) -> List[Path]:
+    """Quantise (or find cached) the int8 graph of every variant at every size; returns the paths."""
+    cache = ArtifactCache(cache_dir, "onnx")
+    policy = resize_policy or source.card.resize_policy or "stretch"
+    return [int8_onnx(cache, source, tuple(size), request, output, conf, argmax, resize_policy=policy)
+            for size in sizes for output, conf, argmax in variants]
