@@ -32,5 +32,6 @@ def looks_like_gt(topic: str) -> bool:
 # The camera and ground-truth topics the tools write and read by default (make-bag, eval-bag,
 # image_source, eval_node).
 IMAGE_TOPIC = "/camera/image_raw"
+COMPRESSED_IMAGE_TOPIC = IMAGE_TOPIC + COMPRESSED_SUFFIX
 LABELS_TOPIC = "/camera/labels_gt"
 INSTANCES_TOPIC = "/camera/instances_gt"
