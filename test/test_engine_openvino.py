@@ -113,3 +113,20 @@ def test_openvino_refuses_what_it_cannot_do(cache):
         Segmenter(ESPNET, backend="openvino", precision="fp16", strict=True, warmup=0)
     with pytest.raises(RuntimeError, match="runs on the CPU only"):
         Segmenter(ESPNET, backend="openvino", device="cuda", strict=True, warmup=0)
+
+
+@child_only
+def test_openvino_runs_the_same_int8_qdq_graph_as_onnxruntime(cache, camvid_root):
+    """The Q/DQ graph of engine.quantize (same calibration) on both backends: close labels, int8 on both."""
+    common = dict(strict=True, input_size=(240, 180), precision="int8", calibration=camvid_root / "train",
+                  calibration_limit=8, warmup=1)
+    ov = Segmenter(ESPNET, backend="openvino", **common)
+    ort = Segmenter(ESPNET, backend="onnxruntime", **common)
+    fp32 = Segmenter(ESPNET, backend="openvino", precision="fp32", strict=True, input_size=(240, 180), warmup=0)
+    assert ov.precision == ort.precision == "int8"
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(ov.backend.path)).graph.node}
+    # The calibration images are stored once; OpenVINO's graph variant (compare argmax) reused them.
+    assert len(list((cache / "calib").glob("*.npz"))) == 1
+    for frame in _val_frames(camvid_root, 3):
+        a, b, c = (s.segment(frame, "bgr").labels for s in (ov, ort, fp32))
+        assert np.mean(a == b) >= 0.97 and np.mean(a == c) >= 0.95

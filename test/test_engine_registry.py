@@ -65,7 +65,7 @@ def test_every_builtin_backend_has_one_entry():
 
 def test_probes_say_why_a_backend_cannot_run():
     assert probe("torch", "cpu") is None and probe("onnxruntime", "cpu") is None
-    assert "runs on cpu only" in probe("openvino", "cuda")
+    assert "runs on the CPU only" in probe("openvino", "cuda")
     if not torch.cuda.is_available():
         assert "CUDA" in probe("torch", "cuda")
         assert probe("tensorrt", "cuda")  # a reason, not None
@@ -75,7 +75,10 @@ def test_probes_say_why_a_backend_cannot_run():
 
 
 def test_openvino_joins_auto_only_on_x86(monkeypatch):
+    import sys
+
     pytest.importorskip("openvino")
+    monkeypatch.delitem(sys.modules, "enet_seg_ros.train.trainer", raising=False)  # not a training process
     assert ("openvino", "cpu") in [tuple(s) for s in AUTO_CHAIN]
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     assert probe("openvino", "cpu") is None  # explicit use is still allowed
@@ -148,3 +151,16 @@ def test_user_facing_lists_come_from_the_registry():
     spec = next(p for p in PARAMS if p.name == "backend")
     assert tuple(spec.choices) == choices
     assert spec.problem("nope") and spec.problem("openvino") is None
+
+
+def test_auto_keeps_openvino_out_of_training_processes(monkeypatch):
+    import sys
+    import types
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.delitem(sys.modules, "enet_seg_ros.train.trainer", raising=False)
+    assert probe("openvino", "cpu", for_auto=True) is None
+    monkeypatch.setitem(sys.modules, "enet_seg_ros.train.trainer", types.ModuleType("trainer"))
+    assert "train" in probe("openvino", "cpu", for_auto=True)
+    assert probe("openvino", "cpu") is None  # by name it still runs

@@ -47,8 +47,8 @@ class QuantSettings:
         activation_symmetric: symmetric activations (int8, zero point 0; TensorRT needs it).
         calibrate: ``minmax``, ``percentile`` or ``entropy`` range estimation.
         op_types: op types to quantise.
-        exclude: node-name patterns left in float (``first_conv`` / ``last_conv`` name the
-            network's first and last convolution wherever they sit in the graph).
+        exclude: nodes left in float: ``first_conv`` / ``last_conv`` (the network's first and
+            last convolution wherever they sit in the graph), node names or ``fnmatch`` patterns.
     """
 
     per_channel: bool = True
@@ -241,20 +241,24 @@ def conv_nodes(proto) -> List[str]:
 
 
 def resolve_exclusions(proto, exclude: Sequence[str]) -> List[str]:
-    """Node names to keep in float: ``first_conv``, ``last_conv`` or exact node names."""
+    """Node names to keep in float: ``first_conv``, ``last_conv``, node names or ``fnmatch`` patterns
+    (e.g. ``/model/bottleneck1_0/*``: a whole block)."""
+    import fnmatch
+
     convs = conv_nodes(proto)
-    names = {n.name for n in proto.graph.node}
+    names = [n.name for n in proto.graph.node]
     out: List[str] = []
     for item in exclude:
         if item == "first_conv" and convs:
-            out.append(convs[0])
+            found = [convs[0]]
         elif item == "last_conv" and convs:
-            out.append(convs[-1])
-        elif item in names:
-            out.append(item)
+            found = [convs[-1]]
         else:
-            raise ValueError("cannot exclude {!r} from quantisation: no such node (use first_conv, last_conv "
-                             "or a node name)".format(item))
+            found = [n for n in names if fnmatch.fnmatchcase(n, item)]
+        if not found:
+            raise ValueError("cannot exclude {!r} from quantisation: no such node (use first_conv, last_conv, "
+                             "a node name or a pattern)".format(item))
+        out.extend(f for f in found if f not in out)
     return out
 
 

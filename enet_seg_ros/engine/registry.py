@@ -105,7 +105,8 @@ def probe(name: str, device: str = "cpu", for_auto: bool = False) -> Optional[st
     entry = get_backend(name)
     kind = device.split(":")[0]
     if kind not in entry.devices:
-        return "the {} backend runs on {} only".format(name, " or ".join(entry.devices))
+        where = {"cpu": "the CPU", "cuda": "CUDA GPUs"}
+        return "the {} backend runs on {} only".format(name, " or ".join(where.get(d, d) for d in entry.devices))
     why = entry.probe(kind)
     if why is None and for_auto and entry.auto_probe is not None:
         why = entry.auto_probe(kind)

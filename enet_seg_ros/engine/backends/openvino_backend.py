@@ -12,9 +12,14 @@ use): with a fixed shape OpenVINO plans memory and picks kernels once, 10-20 % f
 dynamic-batch graph here. The graph spells its argmax as a compare chain (``argmax="compare"``,
 same labels), which OpenVINO fuses into one kernel instead of a slow channel-strided TopK.
 
-Only used when asked for (``backend="openvino"``), never by ``auto``: with OpenVINO 2026.4 and
-torch 2.13 loaded in one process, later PyTorch training in that process died with SIGSEGV.
-An inference-only process (``seg_node``, ``eval-*``, ``predict``) is not affected in our tests.
+``auto`` picks it on x86 CPUs (before ONNX Runtime), except in a process that has loaded the
+trainer: an earlier session saw PyTorch training die with SIGSEGV after OpenVINO had been loaded
+in the same process (OpenVINO 2026.4, torch 2.13). With OpenVINO 2026.4.1 that no longer
+reproduces here, in child processes: OpenVINO fp32 / bf16 (AMX) inference followed by training
+with and without fork()ed DataLoader workers, torch.compile, DDP, and the whole test suite with
+OpenVINO preloaded all pass. Without a reproducer the cause is unconfirmed, so training
+processes still only get OpenVINO when they ask for it by name; inference processes
+(``seg_node``, ``predict``, ``eval-*``, ``bench``, the demo) get it by default.
 """
 from __future__ import annotations
 
@@ -157,10 +162,21 @@ def _probe(device: str) -> Optional[str]:
     return None if ok else why
 
 
+# Loaded by processes that train (enet-seg train, test suites): auto leaves OpenVINO to others.
+TRAINING_MODULE = "enet_seg_ros.train.trainer"
+
+
 def _auto_probe(device: str) -> Optional[str]:
+    import sys
+
     from ..registry import is_x86
 
-    return None if is_x86() else "auto uses OpenVINO on x86 CPUs only"
+    if not is_x86():
+        return "auto uses OpenVINO on x86 CPUs only"
+    if TRAINING_MODULE in sys.modules:
+        # Kept out of training processes only (see the module docstring); explicit use still works.
+        return "auto keeps OpenVINO out of processes that train with PyTorch"
+    return None
 
 
 register_backend(BackendEntry(
