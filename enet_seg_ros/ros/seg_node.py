@@ -42,6 +42,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from ..engine import parse_size
 from ..engine.preprocess import to_model_input
 from ..engine.registry import backend_choices
 from ..io.camera_info import scale_camera_info
@@ -59,11 +60,14 @@ PRECISION_CHOICES = ("", "auto", "fp32", "fp16", "bf16", "int8")
 
 
 def _check_input_size(value) -> Optional[str]:
+    """The engine's size parser decides (one limit for every way of giving a size)."""
     size = list(value)
     if size == [0, 0]:
         return None
-    if len(size) != 2 or min(size) < 8 or max(size) > 8192:
-        return "must be [width, height] with 8 <= each <= 8192, or [0, 0] for the model card's size"
+    try:
+        parse_size(size)
+    except ValueError as exc:
+        return "must be [width, height] or [0, 0] for the model card's size ({})".format(exc)
     return None
 
 
@@ -87,7 +91,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "its default); fp32, fp16, bf16 or int8 where the backend supports it; empty: the backend's default",
               choices=PRECISION_CHOICES),
     ParamSpec("input_size", [0, 0], "network input [width, height]; [0, 0]: the model card's size",
-              check=_check_input_size, constraints="[0, 0] or two integers in [8, 8192]"),
+              check=_check_input_size, constraints="[0, 0] or [width, height] within the engine's size limits"),
     ParamSpec("resize_policy", "", "camera image -> network input: stretch, letterbox or center_crop; "
               "empty: the model card's policy", choices=("",) + RESIZE_POLICIES),
     ParamSpec("confidence", True, "compute the per-pixel max softmax probability in the inference graph (for "
