@@ -26,6 +26,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("eval-dir", "eval_dir", "run a model over a labelled folder and score it"),
     ("make-bag", "make_bag", "write a ROS 2 bag of camera frames + ground-truth labels"),
     ("eval-bag", "eval_bag", "replay a ROS 2 bag through a model and score it"),
+    ("doctor", "doctor", "which inference backends work here, how well and how fast; what to put in seg.yaml"),
 )
 
 

@@ -19,6 +19,7 @@ meaningful with trained weights.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class BenchConfig:
     backends: Sequence[str] = ("torch", "onnxruntime")
     sizes: Sequence[Tuple[int, int]] = ((640, 360),)
     precisions: Sequence[str] = ("default",)  # "default" = each backend's default precision
+    # Explicit (backend, precision) pairs measured instead of backends x precisions (e.g. a table's rows).
+    modes: Optional[Sequence[Tuple[str, str]]] = None
     runs: int = 30
     warmup: int = 5
     threads: Optional[int] = None
@@ -54,6 +57,13 @@ class BenchConfig:
     agreement_limit: int = 101
     cache_dir: Optional[str] = None
     device: Optional[str] = None
+
+
+def bench_modes(config: BenchConfig) -> List[Tuple[str, str]]:
+    """The (backend, precision) pairs to measure, in order."""
+    if config.modes:
+        return [(b, p) for b, p in config.modes]
+    return [(b, p) for b in config.backends for p in config.precisions]
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -169,6 +179,9 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
         torch.set_num_threads(int(config.threads))
     machine = machine_info(config.threads)
     machine["matmul_gflops_fp32"] = round(matmul_gflops(config.threads), 1)
+    # CPU ISA limits in force (oneDNN in torch / OpenVINO, torch's ATen kernels); MLAS ignores them.
+    machine["isa_limits"] = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                                                        "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
     say("machine: {} ({} cores, {} threads), fp32 GEMM {:.0f} GFLOP/s".format(
         machine["cpu"], machine["cores"], machine["threads"], machine["matmul_gflops_fp32"]))
     peak = machine["matmul_gflops_fp32"]
@@ -198,49 +211,48 @@ def run_benchmark(config: BenchConfig, progress=None) -> Dict[str, Any]:
             results.append(_record(base, EAGER, "fp32", "cpu", t_bare, t_e2e, eager_ms, peak, {}))
             say(_line(results[-1]))
             reference: Dict[int, np.ndarray] = {}
-            for backend_spec in config.backends:
+            for backend_spec, precision in bench_modes(config):
                 # "torch+compile" = the torch backend with torch.compile (opt-in, slow first start).
                 backend, _, flavour = backend_spec.partition("+")
                 extra = {"compile": True} if flavour == "compile" else {}
-                for precision in config.precisions:
-                    # "default": the backend's own default; "auto": Segmenter's default (validated records).
-                    prec = None if precision == "default" else precision
-                    label = "{}/{}/{}x{}".format(backend_spec, precision, w, h)
-                    try:
-                        seg = Segmenter(source, backend=backend, device=config.device, precision=prec,
-                                        input_size=size, resize_policy="stretch", threads=config.threads,
-                                        cache_dir=config.cache_dir, calibration=config.calibration,
-                                        strict=backend != "auto", warmup=1, **extra)
-                    except Exception as exc:  # unavailable backend / precision on this machine
-                        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                        skipped.append({"arch": arch, "backend": backend_spec, "precision": precision,
-                                        "width": w, "height": h, "reason": reason})
-                        say("skip {} {}: {}".format(arch, label, reason))
-                        continue
-                    batch = to_model_input(frame, plan(size, size), seg.card.normalization.channel_order == "bgr")[None]
-                    bare_fn = lambda: seg.backend.infer(batch)  # noqa: E731
+                # "default": the backend's own default; "auto": Segmenter's default (validated records).
+                prec = None if precision == "default" else precision
+                label = "{}/{}/{}x{}".format(backend_spec, precision, w, h)
+                try:
+                    seg = Segmenter(source, backend=backend, device=config.device, precision=prec,
+                                    input_size=size, resize_policy="stretch", threads=config.threads,
+                                    cache_dir=config.cache_dir, calibration=config.calibration,
+                                    strict=backend != "auto", warmup=1, **extra)
+                except Exception as exc:  # unavailable backend / precision on this machine
+                    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                    skipped.append({"arch": arch, "backend": backend_spec, "precision": precision,
+                                    "width": w, "height": h, "reason": reason})
+                    say("skip {} {}: {}".format(arch, label, reason))
+                    continue
+                batch = to_model_input(frame, plan(size, size), seg.card.normalization.channel_order == "bgr")[None]
+                bare_fn = lambda: seg.backend.infer(batch)  # noqa: E731
 
-                    def e2e_fn() -> None:
-                        result = seg.segment(frame)
-                        result.color()
-                        result.overlay(frame, 0.5)
+                def e2e_fn() -> None:
+                    result = seg.segment(frame)
+                    result.color()
+                    result.overlay(frame, 0.5)
 
-                    t_bare, t_e2e = _time_pair(bare_fn, e2e_fn, config.runs, config.warmup)
-                    details = {k: str(v) for k, v in seg.backend.details.items()}
-                    if backend == "auto":
-                        details["requested"] = "auto"
-                    name = seg.backend_name + ("+compile" if seg.backend.details.get("compiled") else "")
-                    rec = _record(base, name, seg.precision, seg.device, t_bare, t_e2e, eager_ms, peak, details)
-                    if backend == "auto" or precision == "auto":
-                        details["selection_reason"] = seg.selection_reason
-                    if agreement_files:
-                        rec.update(_agreement(seg, eager, agreement_files, size, reference))
-                    elif seg.precision != "fp32":
-                        # Every lossy row reports its agreement: here on the benchmark frame.
-                        rec.update(_agreement_frames(seg, eager, [frame]))
-                    results.append(rec)
-                    say(_line(rec))
-                    seg.close()
+                t_bare, t_e2e = _time_pair(bare_fn, e2e_fn, config.runs, config.warmup)
+                details = {k: str(v) for k, v in seg.backend.details.items()}
+                if backend == "auto":
+                    details["requested"] = "auto"
+                name = seg.backend_name + ("+compile" if seg.backend.details.get("compiled") else "")
+                rec = _record(base, name, seg.precision, seg.device, t_bare, t_e2e, eager_ms, peak, details)
+                if backend == "auto" or precision == "auto":
+                    details["selection_reason"] = seg.selection_reason
+                if agreement_files:
+                    rec.update(_agreement(seg, eager, agreement_files, size, reference))
+                elif seg.precision != "fp32":
+                    # Every lossy row reports its agreement: here on the benchmark frame.
+                    rec.update(_agreement_frames(seg, eager, [frame]))
+                results.append(rec)
+                say(_line(rec))
+                seg.close()
             _rebase_on_faster_eager(results, block_start, base, time_eager(), peak, say)
     machine["loadavg_at_end"] = [round(v, 2) for v in _loadavg()]
     machine["matmul_gflops_fp32_at_end"] = round(matmul_gflops(config.threads), 1)

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default (each backend's own), auto (Segmenter's default: the fastest validated "
                         "precision of the model card), or a comma list of fp32,fp16,bf16,int8; "
                         "'all' = default + bf16 + int8. Unsupported combinations are skipped")
+    p.add_argument("--modes", default=None, metavar="B/P,...",
+                   help="explicit backend/precision pairs instead of --backend x --precision, e.g. "
+                        "torch/default,openvino/int8,auto/auto (auto/auto = a default-settings Segmenter)")
     p.add_argument("--size", default="640x360", help="WxH[,WxH...] network input sizes")
     p.add_argument("--runs", type=int, default=30, help="timed runs per configuration (median / p90)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
@@ -38,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write the table as Markdown")
+    p.add_argument("--strict", action="store_true",
+                   help="a named --backend (not all) that cannot start on --device is an error (exit 2) naming it "
+                        "and why; checked before timing, and again after (no result for it at any precision)")
     sub = p.add_subparsers(dest="bench", metavar="{node,qos,metrics,eval}",
                            help="another benchmark instead of inference (each has its own --help)")
     q = sub.add_parser("qos", help="best effort vs reliable transport of raw frames (image_source -> probe)")
@@ -68,6 +74,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _split(value: str):
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_strict(backends, device) -> None:
+    """Raise naming the first explicitly asked backend that cannot run on ``device`` here."""
+    from ..engine.registry import chain_for, probe
+
+    for b in backends:
+        name = b.split("+")[0]
+        if name == "auto":
+            continue
+        reasons = []
+        for backend, dev in chain_for(name, device):
+            why = probe(backend, dev)
+            if why is None:
+                break
+            reasons.append("{}-{}: {}".format(backend, dev, why))
+        else:
+            raise RuntimeError("--strict: backend {} cannot start here: {}".format(b, "; ".join(reasons)))
 
 
 def _write_json(path: Any, result: Any) -> None:
@@ -107,14 +131,31 @@ def run(args: argparse.Namespace) -> int:
     for prec in precisions:
         if prec not in ("default", "auto", "fp32", "fp16", "bf16", "int8"):
             raise ValueError("unknown precision {!r}".format(prec))
+    if args.strict and args.backend != "all":
+        _check_strict(backends, args.device)
     sizes = [parse_size(s) for s in _split(args.size)]
     if args.runs < 1:
         raise ValueError("--runs must be >= 1")
-    config = BenchConfig(archs=archs, backends=backends, sizes=sizes, precisions=precisions, runs=args.runs,
+    modes = None
+    if args.modes:
+        modes = [tuple(m.split("/", 1)) for m in _split(args.modes)]
+        for mode in modes:
+            if len(mode) != 2 or mode[0].partition("+")[0] not in known + ("auto",) or mode[1] not in (
+                    "default", "auto", "fp32", "fp16", "bf16", "int8"):
+                raise ValueError("--modes wants backend/precision pairs, got {!r}".format("/".join(mode)))
+    config = BenchConfig(archs=archs, backends=backends, modes=modes, sizes=sizes, precisions=precisions, runs=args.runs,
                          warmup=max(0, args.warmup), threads=args.threads, weights=weights, calibration=args.calib,
                          agreement_dir=args.agreement, agreement_limit=args.agreement_limit,
                          cache_dir=args.cache_dir, device=args.device)
     report = run_benchmark(config, progress=print)
+    if args.strict and args.backend != "all":
+        ran = {r.get("backend", "").split("+")[0] for r in report["results"]}
+        for b in backends:
+            name = b.split("+")[0]
+            if name != "auto" and name not in ran:
+                why = [s["reason"] for s in report["skipped"] if s["backend"] == b]
+                raise RuntimeError("--strict: backend {} could not start at any precision: {}".format(
+                    b, why[0] if why else "no result"))
     text = to_markdown(report)
     print()
     print(text)

@@ -26,6 +26,14 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for the backend (default: one per core)")
+    add_strict_argument(parser)
+
+
+def add_strict_argument(parser: argparse.ArgumentParser) -> None:
+    """``--strict``: an explicitly asked backend that cannot start is an error, not a fallback."""
+    parser.add_argument("--strict", action="store_true",
+                        help="an explicitly asked --backend that cannot start is an error (exit 2) naming it "
+                             "and why, instead of falling back to the next backend")
 
 
 def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
@@ -51,7 +59,8 @@ def model_options(args: argparse.Namespace):
     from ..evaluate.api import ModelOptions
 
     return ModelOptions(weights=args.weights, backend=args.backend, device=args.device,
-                        input_size=parse_size(args.size) if args.size else None, threads=args.threads)
+                        input_size=parse_size(args.size) if args.size else None, threads=args.threads,
+                        strict=bool(getattr(args, "strict", False)))
 
 
 def run_options(args: argparse.Namespace):

@@ -11,8 +11,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default=None, help="network input WxH (default: the card's input size)")
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"),
                    help="onnx: fp32 (default) or int8 (static quantisation, needs --calib); "
-                        "tensorrt: fp16 (default), fp32 or int8 (needs --calib)")
+                        "tensorrt: fp16 (default), fp32 or int8 (from a Q/DQ graph: --qdq, or one quantised "
+                        "from --calib images)")
     p.add_argument("--calib", default=None, metavar="DIR", help="calibration images for int8")
+    p.add_argument("--qdq", default=None, metavar="ONNX",
+                   help="tensorrt int8: a Q/DQ ONNX of the network graph (float NCHW 'input' -> 'logits'); "
+                        "without it one is quantised from --calib")
+    p.add_argument("--builder", default="onnx", choices=("onnx", "torch2trt"),
+                   help="tensorrt: TensorRT's ONNX parser (default) or torch2trt (opt-in; ESPNet only, falls "
+                        "back to the parser)")
     p.add_argument("--graph", default="full", choices=("full", "network"),
                    help="onnx only: full = uint8 NHWC 'image' in, uint8 'labels' out (normalisation and "
                         "argmax inside, the model card in the metadata); network = float NCHW 'input' "
@@ -69,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
         if not ok:
             raise RuntimeError("TensorRT export needs an NVIDIA GPU with the tensorrt package "
                                "(and ideally torch2trt): {}".format(why))
-        backend = TensorRTBackend(source, size, precision=args.precision, calibration=args.calib)
+        backend = TensorRTBackend(source, size, precision=args.precision, calibration=args.calib,
+                                  qdq_onnx=args.qdq, builder=args.builder)
         engine_path, _ = backend.cache.paths(backend.fields, ENGINE_SUFFIX)
         shutil.copyfile(engine_path, out)
-        print("TensorRT {} engine ({} builder, TensorRT {}, {}): input 'input' float32 1x3x{}x{} normalised, "
-              "output 'logits'".format(backend.precision, backend.builder, backend.env["tensorrt"], backend.env["gpu"],
-                                       size[1], size[0]))
+        runner = backend._runner
+        print("TensorRT {} engine ({} builder, TensorRT {}, {}): input 'input' {} 1x3x{}x{} normalised, "
+              "output 'logits' {}".format(backend.precision, backend.builder, backend.env["tensorrt"],
+                                          backend.env["gpu"], str(runner.in_dtype).replace("torch.", ""),
+                                          size[1], size[0], str(runner.out_dtype).replace("torch.", "")))
     print("wrote {} ({:.2f} MB) for {} at {}x{}".format(out, out.stat().st_size / 1e6, source.card.arch, *size))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..engine.registry import backend_choices
+from .common_args import add_strict_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how frames are fitted to the network input (default: the card's)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour labels")
     p.add_argument("--out", required=True, help="output folder")
+    add_strict_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     weights = resolve_weights(args.weights)
     seg = Segmenter(weights, backend=args.backend, device=args.device, precision=args.precision,
-                    input_size=args.size, resize_policy=args.resize_policy, warmup=1)
+                    input_size=args.size, resize_policy=args.resize_policy, strict=args.strict, warmup=1)
     card = seg.card
     to_id = None
     if card.train_id_to_id is not None:

@@ -100,9 +100,14 @@ class ArtifactCache:
             return None, "content hash mismatch (file corrupt or modified)"
         return path, ""
 
-    def store(self, fields: Dict[str, Any], suffix: str, data: bytes, env: Optional[Dict[str, Any]] = None) -> Path:
-        """Write ``data`` atomically with its sidecar; returns the artefact path."""
-        return self.commit(fields, suffix, self.write_temp(fields, suffix, data), env)
+    def store(self, fields: Dict[str, Any], suffix: str, data: bytes, env: Optional[Dict[str, Any]] = None,
+              info: Optional[Dict[str, Any]] = None) -> Path:
+        """Write ``data`` atomically with its sidecar; returns the artefact path.
+
+        ``info``: facts about how the artefact was made (e.g. which builder), kept in the sidecar
+        for :meth:`read_info`; they neither name the entry nor invalidate it.
+        """
+        return self.commit(fields, suffix, self.write_temp(fields, suffix, data), env, info)
 
     def temp_path(self, fields: Dict[str, Any], suffix: str) -> Path:
         """A private temporary path in the cache folder for a builder that writes files itself."""
@@ -117,7 +122,7 @@ class ArtifactCache:
         return tmp
 
     def commit(self, fields: Dict[str, Any], suffix: str, tmp: PathLike,
-               env: Optional[Dict[str, Any]] = None) -> Path:
+               env: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None) -> Path:
         """Move a finished temporary artefact into place and write its sidecar.
 
         The sidecar is written last: a crash in between leaves an entry that
@@ -128,10 +133,22 @@ class ArtifactCache:
         meta_path.unlink(missing_ok=True)
         os.replace(tmp, path)
         meta = {"fields": _plain(fields), "env": _plain(env or {}), "sha256": digest, "bytes": path.stat().st_size}
+        if info:
+            meta["info"] = _plain(info)
         meta_tmp = meta_path.with_name(meta_path.name + ".{}.tmp".format(os.getpid()))
         meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
         os.replace(meta_tmp, meta_path)
         return path
+
+    def read_info(self, fields: Dict[str, Any], suffix: str) -> Dict[str, Any]:
+        """The ``info`` recorded by :meth:`store` for an entry (``{}`` when absent or unreadable)."""
+        _, meta_path = self.paths(fields, suffix)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        info = meta.get("info") if isinstance(meta, dict) else None
+        return dict(info) if isinstance(info, dict) else {}
 
     def discard(self, fields: Dict[str, Any], suffix: str) -> None:
         """Delete an entry (artefact and sidecar) if present."""

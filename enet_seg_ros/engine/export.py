@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,25 +29,56 @@ OPSET = 17
 CARD_METADATA_KEY = "enet_seg_ros.card"
 
 
+def legacy_exporter_kwargs(export_fn=None) -> dict:
+    """Keyword arguments that select the TorchScript (legacy) ONNX exporter on this torch.
+
+    ``torch.onnx.export`` gained its ``dynamo`` parameter in torch 2.5 (the torch 2.5 ONNX docs:
+    "PyTorch 2.5.0 or newer is required" for ``dynamo=True``; 2.5's ``torch/onnx/utils.py``
+    signature adds ``dynamo: bool = False`` after ``autograd_inlining``) and defaults it to
+    ``True`` from torch 2.9. Before 2.5 the signature ends at ``autograd_inlining`` with no
+    ``**kwargs``, so ``dynamo=False`` is a ``TypeError`` there; NVIDIA's JetPack 6 torch wheels
+    include such versions (2.3 for JetPack 6.0, from memory: not checked against a source).
+    So ``dynamo=False`` is passed only where the signature has it; without the parameter the
+    legacy exporter is the only one.
+    """
+    import inspect
+
+    import torch
+
+    fn = export_fn if export_fn is not None else torch.onnx.export
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a C-implemented or wrapped callable: assume the old API
+        return {}
+    return {"dynamo": False} if "dynamo" in params else {}
+
+
 def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour: str = "full",
                       output: str = "labels", with_confidence: bool = False, dynamic_batch: bool = True,
-                      argmax: str = "native") -> bytes:
+                      argmax: str = "native", half: bool = False, device: Optional[str] = None) -> bytes:
     """Serialized ONNX (opset 17, legacy tracer) of the BN-folded network; see module docstring.
 
     ``argmax`` picks the spelling of the in-graph argmax (``full`` flavour; see ``graph.py``).
+    ``half`` (``network`` flavour only): weights, input and logits in float16, traced on
+    ``device`` (a CUDA device: fp16 convolutions need one on older torch). TensorRT 11 builds
+    fp16 engines only from such a typed graph (its ``BuilderFlag.FP16`` is gone).
     """
     import onnx
     import torch
 
     w, h = int(input_size[0]), int(input_size[1])
     model = fold_batchnorm(source.fresh_model())
+    if half and flavour != "network":
+        raise ValueError("half=True exports the 'network' flavour only")
     if flavour == "full":
         module = InferenceGraph(model, source.card, output=output, with_confidence=with_confidence,
                                 argmax=argmax).eval()
         example = torch.zeros(1, h, w, 3, dtype=torch.uint8)
         input_names, output_names = [INPUT_NAME], module.output_names()
     elif flavour == "network":
-        module, example = model, torch.zeros(1, 3, h, w)
+        dtype = torch.float16 if half else torch.float32
+        module = model.to(device=device or "cpu", dtype=dtype).eval()
+        example = torch.zeros(1, 3, h, w, dtype=dtype, device=device or "cpu")
         input_names, output_names = ["input"], ["logits"]
         dynamic_batch = False
     else:
@@ -59,7 +90,7 @@ def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour:
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about Python ints from shapes (static per export, by design).
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, opset_version=OPSET, dynamo=False,
+        torch.onnx.export(module, (example,), buf, opset_version=OPSET, **legacy_exporter_kwargs(),
                           input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                           do_constant_folding=True)
     proto = remove_noop_slices(onnx.load_from_string(buf.getvalue()))
@@ -134,48 +165,10 @@ def read_onnx_card(path: PathLike):
     return None
 
 
-class _Reader:
-    """ONNX Runtime calibration reader over uint8 NHWC frames (one per batch)."""
-
-    def __init__(self, frames: Iterable[np.ndarray]) -> None:
-        self._it: Iterator[np.ndarray] = iter(frames)
-
-    def get_next(self):
-        frame = next(self._it, None)
-        return None if frame is None else {INPUT_NAME: frame[None]}
-
-    def rewind(self) -> None:  # ONNX Runtime calls this between passes on some versions
-        pass
-
-
 def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.ndarray],
                   op_types: Optional[Sequence[str]] = None) -> None:
-    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
+    """Static int8 Q/DQ quantisation of a ``full`` graph (kept name; see :func:`.quantize.quantize_qdq`)."""
+    from .quantize import INT8_OPS, QuantSettings, quantize_qdq
 
-    ``frames`` are calibration inputs: (H, W, 3) uint8 model-size frames, ideally from the
-    training distribution. Normalisation, argmax and confidence stay in float. Raises
-    ``ValueError`` without frames.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quantize_qdq(fp32_onnx, out_path, frames, QuantSettings(op_types=tuple(op_types or INT8_OPS)))
 
-    if not len(frames):
-        raise ValueError("int8 quantisation needs calibration frames (a folder of training images)")
-    out_path = Path(out_path)
-    pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(out_path), _Reader(frames),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(op_types or INT8_OPS),
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-    finally:
-        pre.unlink(missing_ok=True)
-
-
-# Ops whose int8 kernels pay off on x86 (VNNI / AMX); elementwise ops stay float.
-INT8_OPS = ("Conv", "ConvTranspose")

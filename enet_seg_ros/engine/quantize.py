@@ -47,6 +47,8 @@ class QuantSettings:
         activation_symmetric: symmetric activations (int8, zero point 0; TensorRT needs it).
         calibrate: ``minmax``, ``percentile`` or ``entropy`` range estimation.
         op_types: op types to quantise.
+        quantize_bias: int32 biases (ONNX Runtime / OpenVINO); the TensorRT flavour keeps float
+            biases because onnx-tensorrt accepts only 8-bit (and smaller) Q/DQ.
         exclude: nodes left in float: ``first_conv`` / ``last_conv`` (the network's first and
             last convolution wherever they sit in the graph), node names or ``fnmatch`` patterns.
     """
@@ -57,6 +59,7 @@ class QuantSettings:
     calibrate: str = "minmax"
     op_types: Tuple[str, ...] = INT8_OPS
     exclude: Tuple[str, ...] = ()
+    quantize_bias: bool = True
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly form (lists for tuples)."""
@@ -124,8 +127,8 @@ def int8_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
         BackendUnavailable: no cached graph and no calibration images to build one.
     """
     settings = request.settings
-    if flavour == "network" and not settings.activation_symmetric:
-        settings = QuantSettings(**dict(settings.to_dict(), activation_symmetric=True,
+    if flavour == "network" and (not settings.activation_symmetric or settings.quantize_bias):
+        settings = QuantSettings(**dict(settings.to_dict(), activation_symmetric=True, quantize_bias=False,
                                         op_types=settings.op_types, exclude=settings.exclude))
     digest = request.digest()
     fields = int8_fields(source, input_size, output, with_confidence, argmax, flavour, digest, settings,
@@ -291,7 +294,7 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
             op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
             calibrate_method=methods[settings.calibrate],
             extra_options={"ActivationSymmetric": settings.activation_symmetric,
-                           "WeightSymmetric": settings.weight_symmetric},
+                           "WeightSymmetric": settings.weight_symmetric, "QuantizeBias": settings.quantize_bias},
         )
     finally:
         pre.unlink(missing_ok=True)
@@ -366,10 +369,10 @@ def validated_precisions(source: ModelSource) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-# Graph variants a Segmenter asks for: (output, with_confidence, argmax). ONNX Runtime runs the
-# native ArgMax, OpenVINO the compare chain; seg_node computes confidence by default.
-VARIANTS = (("labels", False, "native"), ("labels", True, "native"),
-            ("labels", False, "compare"), ("labels", True, "compare"))
+# Graph variants built ahead: (output, with_confidence, argmax); ONNX Runtime runs the native
+# ArgMax, OpenVINO the compare chain. Others (e.g. seg_node's confidence output) are quantised on
+# first use from the calibration images stored in the cache (same ranges, ~10-60 s once).
+VARIANTS = (("labels", False, "native"), ("labels", False, "compare"))
 
 
 def build_int8(source: ModelSource, sizes: Sequence[Tuple[int, int]], request: Int8Request,

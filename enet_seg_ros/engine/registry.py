@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -246,14 +245,6 @@ def is_x86() -> bool:
     import platform
 
     return platform.machine().lower() in ("x86_64", "amd64", "x64", "i686", "i386")
-
-
-def env_flag(name: str) -> Optional[bool]:
-    """``True`` / ``False`` for a set boolean environment variable, ``None`` when unset."""
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return None
-    return raw in ("1", "true", "yes", "on")
 
 
 __all__ = ["AUTO_CHAIN", "BACKENDS", "AutoStep", "BackendEntry", "register_backend", "list_backends", "backend_choices",

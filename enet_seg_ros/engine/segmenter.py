@@ -153,7 +153,7 @@ class Segmenter:
 
     @property
     def backend_name(self) -> str:
-        """``torch``, ``onnxruntime`` or ``tensorrt``."""
+        """The backend's registry name: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``."""
         return self._backend.name
 
     @property

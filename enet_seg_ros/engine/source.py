@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from ..weights import ModelCard, load_model, resolve_weights
-from .cache import sha256_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -20,8 +20,9 @@ PathLike = Union[str, os.PathLike]
 class ModelSource:
     """A network + card + the digest that keys every cached artefact built from it.
 
-    ``sha256`` is the weights file's digest, or for an in-memory model a digest of its state
-    dict and card, so two different models never share a cache entry.
+    ``sha256`` is a digest of the network's state dict and card (the card's ``precisions``
+    records excluded: recording a validation result must not invalidate cached graphs), so
+    two different models never share a cache entry.
     """
 
     model: Any  # torch.nn.Module in eval mode, BN not folded
@@ -50,14 +51,16 @@ def load_source(weights: Union[PathLike, Tuple[Any, ModelCard], ModelSource]) ->
     if isinstance(weights, (str, os.PathLike)):
         path = resolve_weights(weights)  # a file, or a shipped model name
         model, card = load_model(path)  # raises WeightsError naming the file
-        return ModelSource(model, card, sha256_file(path), path)
+        return ModelSource(model, card, state_digest(model, card), path)
     raise ValueError("weights must be a path to a .safetensors file or a (model, ModelCard) pair, got {}".format(
         type(weights).__name__))
 
 
 def state_digest(model, card: ModelCard) -> str:
-    """SHA-256 over a model's state dict (names, shapes, bytes) and its card."""
-    digest = hashlib.sha256(card.to_json().encode())
+    """SHA-256 over a model's state dict (names, shapes, bytes) and its card (without ``precisions``)."""
+    card_data = json.loads(card.to_json())
+    card_data.pop("precisions", None)
+    digest = hashlib.sha256(json.dumps(card_data, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         arr = tensor.detach().cpu().contiguous().numpy()
         digest.update(name.encode())

@@ -39,6 +39,7 @@ class ModelOptions:
     device: Optional[str] = None
     input_size: Optional[Tuple[int, int]] = None
     threads: Optional[int] = None
+    strict: bool = False  # an explicit backend that cannot start is an error, not a fallback
 
 
 @dataclass
@@ -86,7 +87,8 @@ def evaluate_folder(dataset: str, images: PathLike, labels: PathLike, out: PathL
     """Segment and score a labelled folder (CamVid or Cityscapes layout)."""
     images, labels, out = Path(images), Path(labels), Path(out)
     frames, orphans = find_labelled_frames(dataset, images, labels)
-    loaded = load_for_dataset(model.weights, dataset, model.backend, model.input_size, model.device, model.threads)
+    loaded = load_for_dataset(model.weights, dataset, model.backend, model.input_size, model.device, model.threads,
+                              strict=model.strict)
     with_instances = dataset == "cityscapes" and with_instances
     evaluator = make_evaluator(loaded.spec)
     pipeline = EvalPipeline(loaded.segmenter, evaluator, loaded.pred_lut, spec=loaded.spec, resize_gt=run.resize_gt,
@@ -145,7 +147,7 @@ def evaluate_bag(bag_path: PathLike, out: PathLike, model: ModelOptions = ModelO
             elif with_instances and DEFAULT_INSTANCES_TOPIC in bag.topics:
                 inst_topic = DEFAULT_INSTANCES_TOPIC
         loaded = load_for_dataset(model.weights, dataset, model.backend, model.input_size, model.device,
-                                  model.threads)
+                                  model.threads, strict=model.strict)
         with_instances = loaded.spec.dataset == "cityscapes" and with_instances
         if inst_topic and not with_instances:
             LOG.info("%s present but %s has no instance metrics: not read", inst_topic, loaded.spec.dataset)

@@ -84,14 +84,15 @@ def card_for_dataset(weights: Optional[str], dataset: Optional[str],
 
 def load_for_dataset(weights: Optional[str], dataset: Optional[str], backend: str = "auto",
                      input_size: Optional[Tuple[int, int]] = None, device: Optional[str] = None,
-                     threads: Optional[int] = None) -> LoadedModel:
+                     threads: Optional[int] = None, strict: bool = False) -> LoadedModel:
     """Read the card (cheap), check it against the dataset, then build the segmenter.
 
     ``dataset`` None means the card's dataset; ``weights`` None means the shipped default model.
+    ``strict``: an explicit ``backend`` that cannot start raises instead of falling back.
     """
     path, card, spec = card_for_dataset(weights, dataset)
     segmenter = Segmenter(str(path), backend=backend or "auto", device=device, input_size=input_size,
-                          threads=threads)
+                          threads=threads, strict=strict)
     return LoadedModel(segmenter, card, spec, prediction_lut(card, spec),
                        model_description(card, path, segmenter.input_size))
 

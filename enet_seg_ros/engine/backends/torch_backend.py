@@ -1,8 +1,17 @@
-"""PyTorch backend: BN folded, eval + inference_mode, channels_last, CUDA fp16 / CPU bf16."""
+"""PyTorch backend: BN folded, eval + inference_mode, channels_last, CUDA fp16 / CPU bf16.
+
+On CUDA (the fast path where TensorRT is missing: a Jetson without it, a desktop GPU) frames
+go through :class:`CudaPipeline`: uint8 frames are copied into pinned host buffers and
+uploaded on an upload stream, the network runs on a compute stream (replaying a CUDA graph
+captured for the static input size, or eagerly), and uint8 labels come back on a download
+stream into pinned buffers. Two buffer slots let frame i+1 upload while frame i computes and
+frame i-1 downloads. The CPU path is plain eager (or compiled) torch, unchanged.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Set, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -70,6 +79,8 @@ class TorchBackend(Backend):
             compilation fails the backend logs a warning and runs uncompiled.
         output / with_confidence: graph outputs (see :class:`InferenceGraph`).
         fail_backends: names to treat as failing (test / diagnostic hook).
+        cuda_graphs: CUDA only: replay a CUDA graph captured for the static input size
+            (``None``: on unless compiled). A failed capture logs a warning and runs eagerly.
     """
 
     name = "torch"
@@ -77,7 +88,8 @@ class TorchBackend(Backend):
     def __init__(self, source: ModelSource, input_size: Tuple[int, int], device: Optional[str] = None,
                  precision: Optional[str] = None, channels_last: Optional[bool] = None,
                  threads: Optional[int] = None, output: str = "labels", with_confidence: bool = False,
-                 fail_backends: Optional[Set[str]] = None, compile: bool = False, **_unused) -> None:
+                 fail_backends: Optional[Set[str]] = None, compile: bool = False,
+                 cuda_graphs: Optional[bool] = None, **_unused) -> None:
         super().__init__()
         import torch
 
@@ -88,7 +100,7 @@ class TorchBackend(Backend):
         on_gpu = device.startswith("cuda")
         precision = precision or ("fp16" if on_gpu else "fp32")
         if precision == "int8":
-            raise BackendUnavailable("torch backend has no int8 mode (use onnxruntime or tensorrt)")
+            raise BackendUnavailable("torch backend has no int8 mode (use onnxruntime, openvino or tensorrt)")
         if precision == "fp16" and not on_gpu:
             raise BackendUnavailable("torch fp16 needs CUDA; on CPU use bf16 (AVX512-BF16/AMX) or fp32")
         if precision == "bf16" and not on_gpu and not cpu_has_bf16():
@@ -112,10 +124,15 @@ class TorchBackend(Backend):
         self.channels_last = bool(channels_last)
         self.graph.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self._run = self.graph
+        self._pipeline: Optional[CudaPipeline] = None  # set after compiling (which runs eagerly once)
         self.compiled = bool(compile) and self._compile()
         self.details = {"channels_last": self.channels_last, "threads": torch.get_num_threads()}
         if self.compiled:
             self.details["compiled"] = True
+        if on_gpu:
+            graphs = (not self.compiled) if cuda_graphs is None else bool(cuda_graphs)
+            self._pipeline = CudaPipeline(self._run, device, self.input_size, len(self.outputs), graphs)
+            self.details["cuda_graphs"] = self._pipeline.graphs
 
     def _compile(self) -> bool:
         """Compile the graph and run it once (compilation happens on the first call)."""
@@ -146,6 +163,9 @@ class TorchBackend(Backend):
 
     def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:  # noqa: D102
         torch = self._torch
+        if self._pipeline is not None:
+            outs = self._pipeline.run(batch)
+            return {name: arr for name, arr in zip(self.outputs, outs)}
         with torch.inference_mode():
             x = torch.from_numpy(batch)
             if self.device != "cpu":
@@ -157,6 +177,131 @@ class TorchBackend(Backend):
         if not isinstance(out, tuple):
             out = (out,)
         return {name: t.cpu().numpy() for name, t in zip(self.outputs, out)}
+
+
+class _Slot:
+    """One frame's buffers in :class:`CudaPipeline` (pinned host in/out, device input, events)."""
+
+    def __init__(self, torch, device, shape) -> None:
+        self.host_in = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        self.host_in_np = self.host_in.numpy()
+        self.dev_in = torch.empty(shape, dtype=torch.uint8, device=device)
+        self.uploaded, self.computed, self.downloaded = (torch.cuda.Event() for _ in range(3))
+        self.graph = None
+        self.dev_out: Optional[Tuple[Any, ...]] = None  # static outputs of the captured graph
+        self.host_out: Optional[List[Any]] = None
+        self.pending = False
+
+
+class CudaPipeline:
+    """Batch-1 CUDA execution of ``run`` with overlapped upload / compute / download.
+
+    ``run`` maps a (1, H, W, 3) uint8 CUDA tensor to the graph output(s). Three streams of the
+    backend's own (never the legacy default stream, which synchronises with every other):
+    upload (pinned host -> device), compute, download (device -> pinned host); events order
+    them per slot, two slots let consecutive frames overlap. With ``graphs`` each slot
+    replays a CUDA graph captured for its static input buffer (one launch instead of ~100
+    kernel launches per frame); the graphs share one memory pool.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, run, device: str, input_size: Tuple[int, int], num_outputs: int, graphs: bool) -> None:
+        import torch
+
+        self._torch, self._run, self._num_outputs = torch, run, num_outputs
+        dev = torch.device(device)
+        self.device = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+        w, h = int(input_size[0]), int(input_size[1])
+        self._lock = threading.Lock()
+        with torch.cuda.device(self.device):
+            self.upload, self.compute, self.download = (torch.cuda.Stream(self.device) for _ in range(3))
+            self.slots = [_Slot(torch, self.device, (1, h, w, 3)) for _ in range(self.SLOTS)]
+        self.graphs = bool(graphs) and self._capture()
+
+    def _outputs(self, out) -> Tuple[Any, ...]:
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def _capture(self) -> bool:
+        """Capture one graph per slot (after an eager warm-up on a side stream, as CUDA graphs need)."""
+        torch = self._torch
+        try:
+            with torch.cuda.device(self.device), torch.inference_mode():
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        self._run(self.slots[0].dev_in)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                pool = None
+                for slot in self.slots:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        slot.dev_out = self._outputs(self._run(slot.dev_in))
+                    pool = graph.pool()
+                    slot.graph = graph
+                torch.cuda.synchronize(self.device)
+            return True
+        except Exception as exc:  # an op that cannot be captured, driver limits...
+            LOG.warning("CUDA graph capture failed (%s); running eagerly",
+                        str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__)
+            for slot in self.slots:
+                slot.graph, slot.dev_out = None, None
+            torch.cuda.synchronize(self.device)
+            return False
+
+    def run(self, batch: np.ndarray) -> List[np.ndarray]:
+        """Run an (N, H, W, 3) uint8 batch frame by frame; returns the outputs batch-first."""
+        torch = self._torch
+        shape = tuple(self.slots[0].host_in.shape[1:])
+        if batch.dtype != np.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != shape:
+            raise ValueError("expected (N, {}, {}, 3) uint8 frames, got {} {}".format(
+                shape[0], shape[1], batch.dtype, batch.shape))
+        results: List[List[np.ndarray]] = [[] for _ in range(self._num_outputs)]
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
+            for i in range(len(batch)):
+                slot = self.slots[i % self.SLOTS]
+                if slot.pending:
+                    self._collect(slot, results)
+                self._submit(slot, batch[i])
+            for k in range(len(batch), len(batch) + self.SLOTS):  # the last frames, in order
+                slot = self.slots[k % self.SLOTS]
+                if slot.pending:
+                    self._collect(slot, results)
+        return [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in results]
+
+    def _submit(self, slot: _Slot, frame: np.ndarray) -> None:
+        torch = self._torch
+        np.copyto(slot.host_in_np[0], frame)  # the slot's last download finished in _collect
+        self.upload.wait_event(slot.computed)  # the previous frame of this slot no longer reads dev_in
+        with torch.cuda.stream(self.upload):
+            slot.dev_in.copy_(slot.host_in, non_blocking=True)
+            slot.uploaded.record(self.upload)
+        self.compute.wait_event(slot.uploaded)
+        with torch.cuda.stream(self.compute):
+            if slot.graph is not None:
+                slot.graph.replay()
+                outs = slot.dev_out
+            else:
+                outs = self._outputs(self._run(slot.dev_in))
+                for t in outs:  # allocated on the compute stream, read on the download stream
+                    t.record_stream(self.download)
+            slot.computed.record(self.compute)
+        self.download.wait_event(slot.computed)
+        with torch.cuda.stream(self.download):
+            if slot.host_out is None or any(h.shape != d.shape or h.dtype != d.dtype
+                                            for h, d in zip(slot.host_out, outs)):
+                slot.host_out = [torch.empty(d.shape, dtype=d.dtype, pin_memory=True) for d in outs]
+            for host, dev in zip(slot.host_out, outs):
+                host.copy_(dev, non_blocking=True)
+            slot.downloaded.record(self.download)
+        slot.pending = True
+
+    def _collect(self, slot: _Slot, results: List[List[np.ndarray]]) -> None:
+        slot.downloaded.synchronize()
+        for k, host in enumerate(slot.host_out or []):
+            results[k].append(host.numpy().copy())  # the pinned buffer is reused by the next frame
+        slot.pending = False
 
 
 def _probe(device: str) -> Optional[str]:
