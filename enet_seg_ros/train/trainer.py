@@ -266,7 +266,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------- setup
     def _prepare_data(self) -> None:
         cfg = self.cfg
-        full = build_dataset(cfg.dataset, cfg.data_root, "train", cache=False)
+        # cache=True while preparing: statistics, class weights and the frame store share one decode.
+        full = build_dataset(cfg.dataset, cfg.data_root, "train", cache=True)
         self.val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cache=False)
         # Fail before training on any bad file, listing the first offenders.
         full.check()
@@ -275,7 +276,7 @@ class Trainer:
         self.holdout_set: Optional[SegmentationDataset] = None
         if cfg.select == "holdout":
             keep, held = holdout_split(len(full), cfg.holdout)
-            self.train_set = SegmentationDataset([full.pairs[i] for i in keep], full.spec)
+            self.train_set = SegmentationDataset([full.pairs[i] for i in keep], full.spec, cache=True)
             self.holdout_set = SegmentationDataset([full.pairs[i] for i in held], full.spec)
         else:
             self.train_set = full
@@ -294,6 +295,11 @@ class Trainer:
             if self.is_main:
                 _write_atomic(stats_file, json.dumps(stats))
         self.norm = Normalization(channel_order="rgb", mean=stats["mean"], std=stats["std"], scale=1.0)
+        label_paths = [lab for _, lab in self.train_set.pairs]
+        weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
+                                       lambda i: self.train_set.load(i)[1], self.out.parent / ".class_weights",
+                                       c=cfg.weighting_c)
+        self.class_weights = torch.tensor(weights, device=self.device) if weights is not None else None
         # Decode once: uint8 tensors on the training device (host memory with --no-cache).
         t0 = time.time()
         store_device = self.device if cfg.cache_data else torch.device("cpu")
@@ -303,11 +309,7 @@ class Trainer:
                               if self.holdout_set is not None else None)
         log.info("decoded %d train + %d val frames in %.1f s (%s)", len(self.train_store), len(self.val_store),
                  time.time() - t0, store_device)
-        label_paths = [lab for _, lab in self.train_set.pairs]
-        weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
-                                       lambda i: self.train_set.load(i)[1], self.out.parent / ".class_weights",
-                                       c=cfg.weighting_c)
-        self.class_weights = torch.tensor(weights, device=self.device) if weights is not None else None
+        self.train_set.clear_cache()
         if self.is_main:
             (self.out / "class_weights.json").write_text(json.dumps({"kind": cfg.class_weighting, "c": cfg.weighting_c,
                                                                      "weights": weights}))
@@ -532,7 +534,7 @@ class Trainer:
         torch.set_rng_state(rng)
         # Safety margin: the probe's best-of steps are optimistic, and the end has a final
         # validation (+ holdout) and the export.
-        left = (cfg.budget_s - (time.time() - t_start)) * 0.85
+        left = (cfg.budget_s - (time.time() - self._t_run)) * 0.85  # decoding and the probe count too
         planned = {"encoder": cfg.encoder_epochs, "decoder": cfg.epochs}
         total_planned = sum(planned[s] * per_epoch[s] for s in stages)
         factor = min(1.0, left / max(total_planned, 1e-9))
@@ -556,7 +558,7 @@ class Trainer:
     def run(self) -> Dict[str, Any]:
         """Train every stage; returns the metrics of the exported model (on val)."""
         cfg = self.cfg
-        t_run = time.time()
+        t_run = self._t_run = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.resume and (self.out / CHECKPOINT).is_file():
             raise ValueError("{} already holds a run ({}): pass --resume to continue it or choose another --out"
