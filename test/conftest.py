@@ -48,7 +48,7 @@ def small_enet_weights(tmp_path_factory) -> Path:
     Also points ``ENET_SEG_CACHE`` at the session's temp dir so exported graphs never touch the
     user's cache.
     """
-    from enet_seg_ros.ros.testing import make_test_weights
+    from model_fixtures import make_test_weights
 
     base = tmp_path_factory.getbasetemp()
     os.environ["ENET_SEG_CACHE"] = str(base / "enet_seg_cache")

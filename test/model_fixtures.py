@@ -1,8 +1,14 @@
 """Helpers shared by the model and engine tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from enet_seg_ros.data.labels import CAMVID
+from enet_seg_ros.nets import build_model
+from enet_seg_ros.weights import ModelCard, save_model
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -19,3 +25,10 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, nn.PReLU):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
     return model.eval()
+
+
+def make_test_weights(path: Path, arch: str = "enet", input_size=(160, 120), seed: int = 0) -> Path:
+    """Save a randomly initialised small CamVid model (fast, independent of shipped weights)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, len(CAMVID.class_names))
+    return save_model(path, model, ModelCard.for_dataset(arch, CAMVID, list(input_size)))

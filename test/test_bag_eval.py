@@ -12,7 +12,7 @@ import pytest
 from bag_fixtures import (START_NS, assert_same_metrics, jpeg_roundtrip, make_camvid_folder, make_cityscapes_folder,
                           make_weights, oracle, read_json, run_cli)
 
-from enet_seg_ros.evaluate.bag_io import COMPRESSED_TYPE, BagWriter
+from enet_seg_ros.io.bags import COMPRESSED_TYPE, BagWriter
 
 PERIOD_NS = 100_000_000  # make-bag's default 10 Hz
 

@@ -9,7 +9,7 @@ import pytest
 
 from bag_fixtures import START_NS, jpeg_roundtrip, make_camvid_folder, make_cityscapes_folder, run_cli
 
-from enet_seg_ros.evaluate.bag_io import (COMPRESSED_TYPE, IMAGE_TYPE, BagError, BagReader, BagWriter,
+from enet_seg_ros.io.bags import (COMPRESSED_TYPE, IMAGE_TYPE, BagError, BagReader, BagWriter,
                                           decode_frame_rgb, decode_label, list_topics)
 
 RATE = 20.0

@@ -56,7 +56,7 @@ def _spin_until(executor, done, timeout_s: float) -> bool:
 def test_live_chain_equals_eval_bag(weights, tmp_path, context):
     from enet_seg_ros.engine import Segmenter
     from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_source import _make_node_class as image_source_class
+    from enet_seg_ros.ros.image_source import ImageSource
     from enet_seg_ros.ros.seg_node import SegNode
 
     images, labels, _ = make_camvid_folder(tmp_path / "data", n=8)
@@ -73,11 +73,10 @@ def test_live_chain_equals_eval_bag(weights, tmp_path, context):
         weights=str(weights), output_dir=str(live), exit_after_frames=8, **reliable))
     seg = SegNode(segmenter=Segmenter(str(weights), backend="torch", threads=1), context=context,
                   parameter_overrides=_params(**reliable))
-    source_class = image_source_class()
     replay = dict(reliable, source=str(bag), rate_hz=4.0, wait_for_subscribers=1, wait_timeout_s=20.0)
-    camera = source_class(context=context, parameter_overrides=_params(
+    camera = ImageSource(context=context, parameter_overrides=_params(
         bag_topic="/camera/image_raw", topic="/camera/image_raw", publish_camera_info=False, **replay))
-    gt = source_class(context=context, cli_args=["--ros-args", "-r", "__node:=gt_source"],
+    gt = ImageSource(context=context, cli_args=["--ros-args", "-r", "__node:=gt_source"],
                       parameter_overrides=_params(bag_topic="/camera/labels_gt", topic="/camera/labels_gt",
                                                   publish_camera_info=False, **replay))
     nodes = [evaluator, seg, camera, gt]
@@ -152,7 +151,7 @@ def test_eval_node_pairs_counts_and_publishes_miou(weights, tmp_path, context):
 
     from enet_seg_ros.evaluate import make_evaluator
     from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_conv import array_to_image
+    from enet_seg_ros.io.image_conv import array_to_image
 
     out = tmp_path / "out"
     node = EvalNode(context=context, parameter_overrides=_params(
@@ -213,7 +212,7 @@ def test_eval_node_reports_seg_node_backend_and_live_latency(weights, tmp_path, 
     from std_msgs.msg import Header
 
     from enet_seg_ros.ros.eval_node import EvalNode
-    from enet_seg_ros.ros.image_conv import array_to_image
+    from enet_seg_ros.io.image_conv import array_to_image
     from enet_seg_ros.ros.qos import diagnostics_qos
 
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ pytest.importorskip("sensor_msgs.msg")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from enet_seg_ros.ros.image_conv import (  # noqa: E402
+from enet_seg_ros.io.image_conv import (  # noqa: E402
     ImageFormatError,
     array_to_compressed,
     array_to_image,

@@ -19,11 +19,12 @@ from rclpy.serialization import serialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from enet_seg_ros.ros.image_conv import (array_to_compressed, array_to_image,  # noqa: E402
+from enet_seg_ros.io.image_conv import (array_to_compressed, array_to_image,  # noqa: E402
                                          compressed_to_color, image_to_rgb)
-from enet_seg_ros.ros.image_source import (ImageSource, SourceError,  # noqa: E402
-                                           nominal_camera_info, open_source, parse_synthetic)
-from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
+from enet_seg_ros.io.camera_info import nominal_camera_info  # noqa: E402
+from enet_seg_ros.io.sources import SourceError, open_source, parse_synthetic  # noqa: E402
+from enet_seg_ros.ros.image_source import ImageSource  # noqa: E402
+from ros_harness import RosHarness, stamp_key, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(1)

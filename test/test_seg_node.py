@@ -19,12 +19,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from enet_seg_ros.engine import Segmenter  # noqa: E402
-from enet_seg_ros.ros.camera_info import project, scale_camera_info  # noqa: E402
-from enet_seg_ros.ros.image_conv import array_to_compressed, array_to_image, compressed_to_color  # noqa: E402
-from enet_seg_ros.ros.image_source import nominal_camera_info  # noqa: E402
-from enet_seg_ros.ros.scenes import render_scene  # noqa: E402
+from enet_seg_ros.io.camera_info import project, scale_camera_info  # noqa: E402
+from enet_seg_ros.io.image_conv import array_to_compressed, array_to_image, compressed_to_color  # noqa: E402
+from enet_seg_ros.io.camera_info import nominal_camera_info  # noqa: E402
+from enet_seg_ros.io.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import SegNode  # noqa: E402
-from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
+from ros_harness import RosHarness, stamp_key, wait_until  # noqa: E402
 
 W, H = 640, 360
 N_FRAMES = 30

@@ -67,7 +67,7 @@ def test_demo_without_a_model_says_what_to_do(tmp_path):
 
 
 def test_demo_on_a_folder_source(weights, tmp_path):
-    from enet_seg_ros.ros.scenes import render_scene
+    from enet_seg_ros.io.scenes import render_scene
 
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -22,11 +22,11 @@ from std_msgs.msg import Header  # noqa: E402
 
 from enet_seg_ros.engine import Segmenter  # noqa: E402
 from enet_seg_ros.ros.diagnostics import NodeStats, Throttle  # noqa: E402
-from enet_seg_ros.ros.image_conv import array_to_image  # noqa: E402
+from enet_seg_ros.io.image_conv import array_to_image  # noqa: E402
 from enet_seg_ros.ros.params import ParamSpec, validate_updates  # noqa: E402
-from enet_seg_ros.ros.scenes import render_scene  # noqa: E402
+from enet_seg_ros.io.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import PARAM_TABLE, PARAMS, SegNode  # noqa: E402
-from enet_seg_ros.ros.testing import RosHarness, stamp_key, wait_until  # noqa: E402
+from ros_harness import RosHarness, stamp_key, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = render_scene(5, 320, 240)[0]

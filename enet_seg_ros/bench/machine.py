@@ -115,3 +115,15 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in load] if load[0] is not None else None,
     }
+
+
+def machine_line() -> str:
+    """One line describing this machine for benchmark tables and JSON: CPU, SIMD flags, cores, load, date.
+
+    The one description every benchmark prints (:func:`machine_info` is the long form).
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    flags = cpu_flags()
+    return "{}{} ({} CPUs, load {:.1f}), Python {}, {}".format(
+        cpu_model(), " [{}]".format(flags) if flags else "", os.cpu_count(), load, platform.python_version(),
+        time.strftime("%Y-%m-%d"))

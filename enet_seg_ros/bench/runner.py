@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..engine.preprocess import plan, to_model_input
+from ..engine.preprocess import Preprocess, plan, to_model_input
 from ..engine.result import palette_lut
 from .flops import count_macs
 from .machine import machine_info, matmul_gflops
@@ -102,16 +102,12 @@ class _Eager:
         import torch
 
         self.torch, self.model, self.card = torch, model.eval(), card
-        norm = card.normalization
-        self.swap = norm.channel_order == "bgr"
-        self.factor = np.float32(norm.scale) / np.asarray(norm.std, np.float32)
-        self.offset = np.asarray(norm.mean, np.float32) * self.factor
+        self.pre = Preprocess.from_card(card)  # the engine graph's normalisation
         self.lut = palette_lut(card.palette)
 
     def tensor(self, frame_rgb: np.ndarray):
-        img = frame_rgb[..., ::-1] if self.swap else frame_rgb
-        x = (img.astype(np.float32) * self.factor - self.offset).transpose(2, 0, 1)
-        return self.torch.from_numpy(np.ascontiguousarray(x))[None]
+        img = frame_rgb[..., ::-1] if self.pre.swap_rb("rgb") else frame_rgb
+        return self.torch.from_numpy(self.pre.normalize(img))[None]
 
     def logits(self, x):
         with self.torch.inference_mode():

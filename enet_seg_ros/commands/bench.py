@@ -1,7 +1,14 @@
-"""``enet-seg bench``: latency / fps / GFLOPs of archs x backends x sizes vs fp32 eager PyTorch."""
+"""``enet-seg bench``: latency / fps / GFLOPs of archs x backends x sizes vs fp32 eager PyTorch.
+
+``enet-seg bench node|qos|metrics|eval`` run the other benchmarks of :mod:`enet_seg_ros.bench`
+(seg_node vs bare inference, DDS transport, evaluator overhead, evaluation vs bare inference).
+"""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 ARCHS = ("enet", "erfnet", "espnet")
 
@@ -30,17 +37,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write the table as Markdown")
+    sub = p.add_subparsers(dest="bench", metavar="{node,qos,metrics,eval}",
+                           help="another benchmark instead of inference (each has its own --help)")
+    q = sub.add_parser("qos", help="best effort vs reliable transport of raw frames (image_source -> probe)")
+    q.add_argument("--rates", default="10", help="comma-separated publish rates in Hz")
+    q.add_argument("--frames", type=int, default=100)
+    q.add_argument("--size", default="640x360")
+    n = sub.add_parser("node", help="seg_node vs bare Segmenter throughput and added latency")
+    n.add_argument("--weights", default="", help="weights (default: the shipped model)")
+    n.add_argument("--backend", default="auto")
+    n.add_argument("--seconds", type=float, default=6.0, help="length of each measurement window")
+    n.add_argument("--rounds", type=int, default=3, help="interleaved bare / node rounds")
+    m = sub.add_parser("metrics", help="ms per frame of the evaluators on synthetic full-size frames")
+    m.add_argument("--size", default="2048x1024", help="WxH (default 2048x1024)")
+    m.add_argument("--frames", type=int, default=20)
+    e = sub.add_parser("eval", help="evaluation pipeline vs bare inference, interleaved rounds")
+    e.add_argument("--dataset", default="camvid", choices=("camvid", "cityscapes"))
+    e.add_argument("--images", type=Path, default=None, help="labelled folder (with --labels) ...")
+    e.add_argument("--labels", type=Path, default=None)
+    e.add_argument("--bag", type=Path, default=None, help="... or a bag made by enet-seg make-bag")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--backend", default="auto")
+    e.add_argument("--threads", type=int, default=None, help="backend CPU threads")
+    e.add_argument("--workers", type=int, default=2, help="decode threads")
+    e.add_argument("--rounds", type=int, default=3)
+    for other in (q, n, m, e):
+        other.add_argument("--json", default=None, metavar="OUT", help="also write the results to this file")
 
 
 def _split(value: str):
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _write_json(path: Any, result: Any) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print / write the report."""
-    import json
-    from pathlib import Path
-
+    if args.bench:
+        result = _run_other(args)
+        if result is not None:
+            print(json.dumps(result, indent=2))
+        _write_json(args.json, result)
+        return 0
     from ..bench import BenchConfig, run_benchmark
     from ..bench.report import to_markdown
     from ..engine import parse_size
@@ -74,10 +116,37 @@ def run(args: argparse.Namespace) -> int:
     text = to_markdown(report)
     print()
     print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    _write_json(args.json, report)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
     return 0
+
+
+def _run_other(args: argparse.Namespace) -> Any:
+    """``node``, ``qos``, ``metrics`` or ``eval``: the result to print and save."""
+    from ..engine import parse_size
+
+    if args.bench == "qos":
+        from ..bench.machine import machine_line
+        from ..bench.ros_bench import bench_qos
+
+        return {"machine": machine_line(), "rows": bench_qos([float(r) for r in _split(args.rates)], args.frames,
+                                                             args.size)}
+    if args.bench == "node":
+        from ..bench.ros_bench import bench_node
+        from ..weights import resolve_weights
+
+        return bench_node(str(resolve_weights(args.weights)), args.backend, args.seconds, args.rounds)
+    if args.bench == "metrics":
+        from ..bench.metrics import run as bench_metrics
+        from ..bench.metrics import to_markdown
+
+        width, height = parse_size(args.size)
+        rows = bench_metrics(width, height, args.frames)
+        print(to_markdown(rows, width, height, args.frames))
+        return {"size": [width, height], "frames": args.frames, "ms_per_frame": dict(rows)} if args.json else None
+    from ..bench.eval import bench_eval
+
+    return bench_eval(args.weights, dataset=args.dataset, images=args.images, labels=args.labels, bag=args.bag,
+                      backend=args.backend, threads=args.threads, workers=args.workers, rounds=args.rounds)

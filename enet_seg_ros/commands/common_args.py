@@ -41,3 +41,20 @@ def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                         help="threads decoding frames and ground truth ahead of the model (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_options(args: argparse.Namespace):
+    """The :class:`~enet_seg_ros.evaluate.api.ModelOptions` of :func:`add_segmenter_arguments`' flags."""
+    from ..engine import parse_size
+    from ..evaluate.api import ModelOptions
+
+    return ModelOptions(weights=args.weights, backend=args.backend, device=args.device,
+                        input_size=parse_size(args.size) if args.size else None, threads=args.threads)
+
+
+def run_options(args: argparse.Namespace):
+    """The :class:`~enet_seg_ros.evaluate.api.RunOptions` of :func:`add_report_arguments`' flags."""
+    from ..evaluate.api import RunOptions
+
+    return RunOptions(resize_gt=args.resize_gt, save_predictions=args.save_predictions, throughput=args.throughput,
+                      workers=args.workers, progress=not args.no_progress)

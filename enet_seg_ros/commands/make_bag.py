@@ -9,24 +9,16 @@ Topics (every message stamped ``start + i / rate``, ``frame_id`` ``camera``, bag
 - ``/camera/instances_gt``: ``mono16`` ``*_gtFine_instanceIds`` (Cityscapes, when the files exist).
 
 Frames without a label file are written without ground truth (a warning counts them), which
-``eval-bag`` reports as ``frames_without_gt``.
+``eval-bag`` reports as ``frames_without_gt``. The writing is
+:func:`enet_seg_ros.evaluate.dataset_bag.write_dataset_bag`.
 """
 from __future__ import annotations
 
 import argparse
-import logging
-import shutil
-import time
 from pathlib import Path
 
+from ..io.topics import COMPRESSED_IMAGE_TOPIC
 from .common_args import add_dataset_folder_arguments
-
-LOG = logging.getLogger(__name__)
-
-IMAGE_TOPIC = "/camera/image_raw"
-COMPRESSED_TOPIC = IMAGE_TOPIC + "/compressed"
-LABELS_TOPIC = "/camera/labels_gt"
-INSTANCES_TOPIC = "/camera/instances_gt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"),
                         help="bag storage (default sqlite3)")
     parser.add_argument("--compressed", action="store_true",
-                        help="write frames as sensor_msgs/CompressedImage (JPEG) on {}".format(COMPRESSED_TOPIC))
+                        help="write frames as sensor_msgs/CompressedImage (JPEG) on {}".format(COMPRESSED_IMAGE_TOPIC))
     parser.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="frame rate of the stamps (default 10)")
     parser.add_argument("--jpeg-quality", type=int, default=95, metavar="Q", help="JPEG quality with --compressed")
     parser.add_argument("--start-ns", type=int, default=None, metavar="NS",
@@ -46,45 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the bag; returns 0."""
-    from tqdm import tqdm
+    from ..evaluate.dataset_bag import write_dataset_bag
+    from ..io.bags import format_stamp
 
-    from ..evaluate.bag_io import BagWriter, format_stamp
-    from ..evaluate.folders import find_labelled_frames, read_instance_ids, read_label_ids, read_rgb
-
-    if not 0 < args.rate <= 1e6:
-        raise ValueError("--rate must be in (0, 1e6] Hz, got {}".format(args.rate))
-    if not 1 <= args.jpeg_quality <= 100:
-        raise ValueError("--jpeg-quality must be in 1..100, got {}".format(args.jpeg_quality))
-    frames, orphans = find_labelled_frames(args.dataset, args.images, args.labels)
-    unlabelled = [f for f in frames if f.label_path is None]
-    if unlabelled:
-        LOG.warning("%d of %d frames have no label file and are written without ground truth, e.g. %s",
-                    len(unlabelled), len(frames), unlabelled[0].image_path)
-    if orphans:
-        LOG.warning("%d label files match no image and are not written, e.g. %s", len(orphans), orphans[0])
-    start = args.start_ns if args.start_ns is not None else int(time.time()) * 1_000_000_000
-    period_ns = 1e9 / args.rate
-    out = Path(args.out)
-    bag = BagWriter(out, storage=args.storage)  # refuses an existing path: never overwrites
-    try:
-        with bag:
-            for i, frame in enumerate(tqdm(frames, unit="frame", desc="make-bag", disable=args.no_progress)):
-                stamp = start + int(round(i * period_ns))
-                rgb = read_rgb(frame.image_path)
-                if args.compressed:
-                    bag.write_compressed(COMPRESSED_TOPIC, rgb, stamp, quality=args.jpeg_quality)
-                else:
-                    bag.write_image(IMAGE_TOPIC, rgb, "rgb8", stamp)
-                if frame.label_path is not None:
-                    bag.write_image(LABELS_TOPIC, read_label_ids(frame.label_path), "mono8", stamp)
-                if frame.instance_path is not None:
-                    bag.write_image(INSTANCES_TOPIC, read_instance_ids(frame.instance_path), "mono16", stamp)
-    except BaseException:
-        # A half-written bag would later be scored as if complete: remove the folder we created.
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    last = start + int(round((len(frames) - 1) * period_ns))
+    bag = write_dataset_bag(args.dataset, args.images, args.labels, args.out, storage=args.storage,
+                            compressed=args.compressed, rate_hz=args.rate, jpeg_quality=args.jpeg_quality,
+                            start_ns=args.start_ns, progress=not args.no_progress)
     print("wrote {} ({}): {}; stamps {} .. {}".format(
-        out, args.storage, ", ".join("{} x{}".format(t, n) for t, n in sorted(bag.counts.items())),
-        format_stamp(start), format_stamp(last)))
+        bag.path, bag.storage, ", ".join("{} x{}".format(t, n) for t, n in sorted(bag.counts.items())),
+        format_stamp(bag.first_stamp_ns), format_stamp(bag.last_stamp_ns)))
     return 0

@@ -9,10 +9,10 @@ from typing import List, Tuple, Union
 import cv2
 import numpy as np
 
+from ..io.files import IMAGE_SUFFIXES
 from .preprocess import plan, to_model_input
 
 PathLike = Union[str, os.PathLike]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 
 def calibration_files(folder: PathLike, limit: int = 32) -> List[Path]:

@@ -2,9 +2,9 @@
 
 Putting normalisation and argmax inside the graph means the host only copies uint8 images in
 and uint8 labels out (4x less memory traffic than float tensors both ways), and the backend
-(ONNX Runtime, TensorRT, torch) fuses the cheap elementwise work with its kernels.
+(ONNX Runtime, OpenVINO, TensorRT, torch) fuses the cheap elementwise work with its kernels.
 
-Graph inputs / outputs (names used by ONNX and TensorRT):
+Graph inputs / outputs (names used by ONNX, OpenVINO and TensorRT):
 
 - ``image``: (N, H, W, 3) uint8, channel order of the model card (NHWC, as cameras deliver).
 - ``labels``: (N, H, W) uint8 argmax class ids at the network resolution.
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..weights import ModelCard
+from .preprocess import Preprocess
 
 INPUT_NAME = "image"
 OUTPUTS = ("labels", "confidence", "logits")
@@ -55,11 +56,9 @@ class InferenceGraph(nn.Module):
         self.model = model
         self.output = output
         self.with_confidence = bool(with_confidence) and output == "labels"
-        norm = card.normalization
-        factor = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32)
-        mean = torch.tensor(list(norm.mean), dtype=torch.float32)
-        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("factor", factor.view(1, 3, 1, 1), persistent=False)
+        pre = Preprocess.from_card(card)
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("factor", torch.from_numpy(pre.factor).view(1, 3, 1, 1), persistent=False)
 
     def output_names(self) -> List[str]:
         """Names of the graph outputs, in order."""

@@ -13,6 +13,10 @@ All mappings use OpenCV's pixel-centre conventions: continuous coordinates with 
 covering ``[i, i + 1)`` map as ``x_model = x_input * scale_x + offset_x``. Normalisation
 (mean/std/scale, channel order) happens inside the backend graph, so the host only resizes
 uint8 images.
+
+:class:`Preprocess` is the one statement of a model's input transform, built from its card
+(as torchvision's ``Weights.transforms``): the engine graph, the benchmark baseline and the
+trainer's validation take mean, std, scale, channel order and padding colour from it.
 """
 from __future__ import annotations
 
@@ -92,6 +96,59 @@ def plan(input_size: Tuple[int, int], model_size: Tuple[int, int], policy: str =
     s = max(mw / w, mh / h)
     rw, rh = max(mw, int(round(w * s))), max(mh, int(round(h * s)))
     return Geometry(policy, (w, h), (mw, mh), (rw, rh), (0, 0), ((rw - mw) // 2, (rh - mh) // 2))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A model's input transform: frame -> model size (``resize_policy``) -> ``(x[order] - mean) / std * scale``.
+
+    Build it with :meth:`from_card`; ``x`` is the 0..255 image in the network's
+    ``channel_order``. Independent of rclpy and of any backend, so every layer may use it.
+    """
+
+    input_size: Tuple[int, int]  # (width, height) of the network input
+    channel_order: str = "rgb"
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: Tuple[float, float, float] = (255.0, 255.0, 255.0)
+    scale: float = 1.0
+    resize_policy: str = "stretch"
+
+    @classmethod
+    def from_card(cls, card) -> "Preprocess":
+        """The transform a :class:`~enet_seg_ros.weights.ModelCard` prescribes."""
+        norm = card.normalization
+        return cls(input_size=(int(card.input_size[0]), int(card.input_size[1])),
+                   channel_order=check_channel_order(norm.channel_order),
+                   mean=tuple(float(m) for m in norm.mean), std=tuple(float(s) for s in norm.std),
+                   scale=float(norm.scale), resize_policy=card.resize_policy)
+
+    @property
+    def factor(self) -> np.ndarray:
+        """Per-channel ``scale / std`` (divided in float64, stored float32), so that ``y = (x - mean) * factor``."""
+        return (np.float64(self.scale) / np.asarray(self.std, np.float64)).astype(np.float32)
+
+    @property
+    def fill(self) -> Tuple[int, int, int]:
+        """The letterbox padding colour (normalises to ~zero), in the network's channel order."""
+        return pad_colour(self.mean)
+
+    def swap_rb(self, channel_order: str) -> bool:
+        """Whether frames in ``channel_order`` must be swapped to the network's order."""
+        return check_channel_order(channel_order) != self.channel_order
+
+    def to_model_input(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+        """A checked HxWx3 uint8 frame resized / padded / cropped to the model (uint8, network channel order)."""
+        geometry = plan((image.shape[1], image.shape[0]), self.input_size, self.resize_policy)
+        return to_model_input(image, geometry, self.swap_rb(channel_order), self.fill)
+
+    def normalize(self, model_image: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 in the network's channel order -> float32 3xHxW network input."""
+        x = (model_image.astype(np.float32) - np.asarray(self.mean, np.float32)) * self.factor
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def __call__(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+        """A camera frame as the float32 3xHxW tensor the network takes."""
+        return self.normalize(self.to_model_input(image, channel_order))
 
 
 def pad_colour(mean: Sequence[float]) -> Tuple[int, int, int]:

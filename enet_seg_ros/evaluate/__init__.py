@@ -1,5 +1,11 @@
 """Evaluation: confusion-matrix metrics (Cityscapes-exact), reports, bag and folder scoring.
 
+The calls the commands make are in :mod:`.api` (``evaluate_folder``, ``evaluate_bag``,
+``evaluate_predictions``); under them: :mod:`.pipeline` (decode ahead, segment, score),
+:mod:`.frames` (folder and bag frame sources, stamp pairing), :mod:`.model` (model card vs
+dataset, segmenter loading), :mod:`.predictions` (prediction PNGs), :mod:`.report`;
+:mod:`.dataset_bag` writes a labelled folder as a bag (``make-bag``).
+
 Every evaluation front end (eval-preds, eval-dir, eval-bag, eval_node) uses one evaluator::
 
     ev = make_evaluator("cityscapes")            # or "camvid" / a LabelSpec

@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+from ..io.files import IMAGE_SUFFIXES
+
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 DATASETS = ("camvid", "cityscapes")
 

@@ -247,3 +247,28 @@ def plot_class_iou(class_iou: Mapping[str, Optional[float]], path: Path, miou: O
     fig.tight_layout()
     fig.savefig(str(path))
     return Path(path)
+
+
+def summary_line(result: Mapping[str, Any], *, scored: Optional[int] = None, without_gt: int = 0,
+                 skipped: int = 0, fps: Optional[float] = None) -> str:
+    """The headline numbers of an evaluation on one line (every ``eval-*`` command prints it).
+
+    ``scored`` defaults to the result's ``frames``; counts of zero and a missing ``fps`` are left out.
+    """
+    def pct(key: str) -> str:
+        value = result.get(key)
+        return "n/a" if value is None else "{:.2f}%".format(100 * value)
+
+    parts = ["mIoU {}".format(pct("miou"))]
+    if "iiou" in result:
+        parts += ["iIoU {}".format(pct("iiou")), "category IoU {}".format(pct("category_iou")),
+                  "category iIoU {}".format(pct("category_iiou"))]
+    parts += ["pixel acc {}".format(pct("pixel_accuracy")),
+              "{} frames scored".format(result.get("frames") if scored is None else scored)]
+    if without_gt:
+        parts.append("{} without ground truth".format(without_gt))
+    if skipped:
+        parts.append("{} skipped".format(skipped))
+    if fps is not None:
+        parts.append("{:.1f} fps".format(fps))
+    return "  ".join(parts)

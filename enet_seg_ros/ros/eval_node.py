@@ -38,16 +38,28 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32
 
+from ..evaluate import make_evaluator
+from ..evaluate.pairing import GT, INSTANCES, MAIN, StampPairer
+from ..evaluate.model import card_for_dataset, model_description, prediction_lut
+from ..evaluate.pipeline import EvalItem, EvalPipeline, EvalStats, write_outputs
+from ..io.bags import format_stamp, stamp_to_ns
+from ..io.image_conv import image_to_array
+from ..io.topics import LABELS_TOPIC
+from .diagnostics import Throttle, key_values
 from .params import ParamSpec, declare_all
-from .qos import RELIABILITY_CHOICES
-from .runner import lazy_class, run_node
+from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
+from .runner import run_node
 
 NODE_NAME = "eval_node"
 
 PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("labels_topic", "/seg_node/labels", "predicted labels (mono8 class ids, seg_node's ~/labels)"),
-    ParamSpec("gt_topic", "/camera/labels_gt", "ground truth (mono8 dataset label ids)"),
+    ParamSpec("gt_topic", LABELS_TOPIC, "ground truth (mono8 dataset label ids)"),
     ParamSpec("instances_topic", "", "Cityscapes instance ids (mono16) for iIoU; empty: no iIoU"),
     ParamSpec("weights", "", "weights file whose model card describes the labels; empty: the shipped default model"),
     ParamSpec("dataset", "", "label ids of the ground truth (camvid, cityscapes); empty: the model card's",
@@ -75,241 +87,209 @@ LIVE_STAMP_MAX_AGE_MS = 10_000.0
 MAX_LATENCIES = 1_000_000  # bounded memory on a long live run (~8 MB)
 
 
-def _make_node_class():
-    """Build the Node subclass lazily so importing this module does not need rclpy."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rclpy.node import Node
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Float32
+class EvalNode(Node):
+    """Pairs predictions with ground truth and scores them (see the module docstring)."""
 
-    from ..data.labels import get_label_spec
-    from ..evaluate import make_evaluator
-    from ..evaluate.bag_io import format_stamp, stamp_to_ns
-    from ..evaluate.pairing import GT, INSTANCES, MAIN, StampPairer
-    from ..evaluate.runners import (EvalItem, EvalPipeline, EvalStats, check_model_matches, model_description,
-                                    prediction_lut, write_outputs)
-    from ..weights import read_card, resolve_weights
-    from .diagnostics import Throttle, key_values
-    from .image_conv import image_to_array
-    from .qos import diagnostics_qos, image_qos
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.cfg = declare_all(self, PARAMS)
+        weights, card, self.spec = card_for_dataset(self.cfg["weights"], self.cfg["dataset"],
+                                                    "set the 'dataset' parameter")
+        self.model = model_description(card, weights)
+        self.evaluator = make_evaluator(self.spec)
+        # The scoring rules are the offline pipeline's (same LUT, size checks, evaluator).
+        self._scorer = EvalPipeline(None, self.evaluator, prediction_lut(card, self.spec), spec=self.spec,
+                                    resize_gt=self.cfg["resize_gt"] or None,
+                                    resize_hint="set the parameter resize_gt to 'nearest'")
+        self.stats = EvalStats()
+        self.gt_without_frame = 0
+        self._with_instances = bool(self.cfg["instances_topic"]) and self.spec.dataset == "cityscapes"
+        self.pairer = StampPairer(with_instances=self._with_instances, capacity=self.cfg["max_pending"])
+        self._lock = threading.Lock()
+        self._throttle = Throttle(5.0)
+        self._last_message = 0.0
+        self.finished = threading.Event()
+        self._stopped = False
 
-    class EvalNode(Node):
-        """Pairs predictions with ground truth and scores them (see the module docstring)."""
+        self._qos = image_qos(self.cfg["qos_reliability"], self.cfg["qos_depth"])
+        self.sub_labels = self.create_subscription(
+            Image, self.cfg["labels_topic"], lambda m: self._on_message(MAIN, m), self._qos)
+        self.sub_gt = None
+        if not self.cfg["gt_wait_for_labels"]:
+            self._subscribe_gt()
+        if self.cfg["instances_topic"] and not self._with_instances:
+            self.get_logger().warning("instances_topic ignored: {} has no instance metrics".format(self.spec.dataset))
+        self.gt_topic = self.resolve_topic_name(self.cfg["gt_topic"])
+        # seg_node names its status "<node>: segmentation"; its labels are "<node>/labels".
+        self._seg_status = "{}: segmentation".format(self.sub_labels.topic_name.rsplit("/", 1)[0] or "/")
+        self.backend: Optional[str] = None
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, diagnostics_qos())
+        self.pub_miou = self.create_publisher(Float32, "~/miou", diagnostics_qos())
+        self.pub_metrics = self.create_publisher(DiagnosticArray, "~/metrics", diagnostics_qos())
+        self.create_timer(self.cfg["metrics_period_s"], self._on_timer)
+        if self.cfg["idle_timeout_s"] > 0:
+            self.create_timer(min(0.5, self.cfg["idle_timeout_s"]), self._check_idle)
+        self.get_logger().info("evaluating {} against {} ({}, model {}); report -> {}".format(
+            self.sub_labels.topic_name, self.gt_topic, self.spec.dataset, self.model, self.cfg["output_dir"]))
 
-        def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
-            super().__init__(node_name, **kwargs)
-            self.cfg = declare_all(self, PARAMS)
-            weights = resolve_weights(self.cfg["weights"])
-            card = read_card(weights)  # start-up error naming the file when missing / corrupt
-            dataset = self.cfg["dataset"] or card.dataset
-            if not dataset:
-                raise ValueError("model card of {} names no dataset; set the 'dataset' parameter".format(weights))
-            self.spec = get_label_spec(dataset)
-            check_model_matches(card, self.spec, weights)
-            self.model = model_description(card, weights)
-            self.evaluator = make_evaluator(self.spec)
-            # The scoring rules are the offline pipeline's (same LUT, size checks, evaluator).
-            self._scorer = EvalPipeline(None, self.evaluator, prediction_lut(card, self.spec), spec=self.spec,
-                                        resize_gt=self.cfg["resize_gt"] or None,
-                                        resize_hint="set the parameter resize_gt to 'nearest'")
-            self.stats = EvalStats()
-            self.gt_without_frame = 0
-            self._with_instances = bool(self.cfg["instances_topic"]) and self.spec.dataset == "cityscapes"
-            self.pairer = StampPairer(with_instances=self._with_instances, capacity=self.cfg["max_pending"])
-            self._lock = threading.Lock()
-            self._throttle = Throttle(5.0)
-            self._last_message = 0.0
-            self.finished = threading.Event()
-            self._stopped = False
+    # -- input ------------------------------------------------------------------------
+    def _subscribe_gt(self) -> None:
+        self.sub_gt = self.create_subscription(Image, self.cfg["gt_topic"], lambda m: self._on_message(GT, m),
+                                               self._qos)
+        if self._with_instances:
+            self.create_subscription(Image, self.cfg["instances_topic"],
+                                     lambda m: self._on_message(INSTANCES, m), self._qos)
 
-            self._qos = image_qos(self.cfg["qos_reliability"], self.cfg["qos_depth"])
-            self.sub_labels = self.create_subscription(
-                Image, self.cfg["labels_topic"], lambda m: self._on_message(MAIN, m), self._qos)
-            self.sub_gt = None
-            if not self.cfg["gt_wait_for_labels"]:
-                self._subscribe_gt()
-            if self.cfg["instances_topic"] and not self._with_instances:
-                self.get_logger().warning("instances_topic ignored: {} has no instance metrics".format(dataset))
-            self.gt_topic = self.resolve_topic_name(self.cfg["gt_topic"])
-            # seg_node names its status "<node>: segmentation"; its labels are "<node>/labels".
-            self._seg_status = "{}: segmentation".format(self.sub_labels.topic_name.rsplit("/", 1)[0] or "/")
-            self.backend: Optional[str] = None
-            self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, diagnostics_qos())
-            self.pub_miou = self.create_publisher(Float32, "~/miou", diagnostics_qos())
-            self.pub_metrics = self.create_publisher(DiagnosticArray, "~/metrics", diagnostics_qos())
-            self.create_timer(self.cfg["metrics_period_s"], self._on_timer)
-            if self.cfg["idle_timeout_s"] > 0:
-                self.create_timer(min(0.5, self.cfg["idle_timeout_s"]), self._check_idle)
-            self.get_logger().info("evaluating {} against {} ({}, model {}); report -> {}".format(
-                self.sub_labels.topic_name, self.gt_topic, self.spec.dataset, self.model, self.cfg["output_dir"]))
+    def _on_message(self, stream: str, msg: Any) -> None:
+        self._last_message = time.monotonic()
+        if self.sub_gt is None:
+            self._subscribe_gt()  # gt_wait_for_labels: the first prediction arrived
+        stamp = stamp_to_ns(msg.header.stamp)
+        age_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6 if stream == MAIN else -1.0
+        with self._lock:
+            if self._stopped:
+                return
+            # Only live stamps measure latency; a replayed bag's recorded stamps are hours old.
+            if 0.0 <= age_ms < LIVE_STAMP_MAX_AGE_MS and len(self.stats.latencies_ms) < MAX_LATENCIES:
+                self.stats.latencies_ms.append(age_ms)
+            for resolved in self.pairer.add(stream, stamp, msg):
+                self._handle(resolved)
+        if self.cfg["exit_after_frames"] and self.stats.scored >= self.cfg["exit_after_frames"]:
+            self.finished.set()
 
-        # -- input ------------------------------------------------------------------------
-        def _subscribe_gt(self) -> None:
-            self.sub_gt = self.create_subscription(Image, self.cfg["gt_topic"], lambda m: self._on_message(GT, m),
-                                                   self._qos)
-            if self._with_instances:
-                self.create_subscription(Image, self.cfg["instances_topic"],
-                                         lambda m: self._on_message(INSTANCES, m), self._qos)
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if not status.name.endswith(": segmentation"):
+                continue
+            # Prefer the node that publishes our labels topic; else the only seg_node seen.
+            if status.name == self._seg_status or self.backend is None:
+                values = {kv.key: kv.value for kv in status.values}
+                self.backend = values.get("backend") or status.hardware_id or None
 
-        def _on_message(self, stream: str, msg: Any) -> None:
-            self._last_message = time.monotonic()
-            if self.sub_gt is None:
-                self._subscribe_gt()  # gt_wait_for_labels: the first prediction arrived
-            stamp = stamp_to_ns(msg.header.stamp)
-            age_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6 if stream == MAIN else -1.0
-            with self._lock:
-                if self._stopped:
-                    return
-                # Only live stamps measure latency; a replayed bag's recorded stamps are hours old.
-                if 0.0 <= age_ms < LIVE_STAMP_MAX_AGE_MS and len(self.stats.latencies_ms) < MAX_LATENCIES:
-                    self.stats.latencies_ms.append(age_ms)
-                for resolved in self.pairer.add(stream, stamp, msg):
-                    self._handle(resolved)
-            if self.cfg["exit_after_frames"] and self.stats.scored >= self.cfg["exit_after_frames"]:
-                self.finished.set()
+    def _where(self, topic: str, stamp: int) -> str:
+        return "topic {} stamp {}".format(topic, format_stamp(stamp))
 
-        def _on_diagnostics(self, msg: Any) -> None:
-            for status in msg.status:
-                if not status.name.endswith(": segmentation"):
-                    continue
-                # Prefer the node that publishes our labels topic; else the only seg_node seen.
-                if status.name == self._seg_status or self.backend is None:
-                    values = {kv.key: kv.value for kv in status.values}
-                    self.backend = values.get("backend") or status.hardware_id or None
+    def _decode(self, msg: Any, encodings: Sequence[str], topic: str, stamp: int) -> Optional[np.ndarray]:
+        try:
+            if msg.encoding not in encodings:
+                raise ValueError("encoding {!r}, expected {}".format(msg.encoding, " or ".join(encodings)))
+            return np.array(image_to_array(msg))
+        except ValueError as exc:
+            self._reject(self._where(topic, stamp), str(exc))
+            return None
 
-        def _where(self, topic: str, stamp: int) -> str:
-            return "topic {} stamp {}".format(topic, format_stamp(stamp))
+    def _reject(self, where: str, reason: str) -> None:
+        self.stats.skip(where, reason)
+        ok, suppressed = self._throttle.allow(reason[:40])
+        if ok:
+            more = " ({} similar suppressed)".format(suppressed) if suppressed else ""
+            text = reason if where in reason else "{}: {}".format(where, reason)
+            self.get_logger().error("frame not scored: {}{}".format(text, more))
 
-        def _decode(self, msg: Any, encodings: Sequence[str], topic: str, stamp: int) -> Optional[np.ndarray]:
-            try:
-                if msg.encoding not in encodings:
-                    raise ValueError("encoding {!r}, expected {}".format(msg.encoding, " or ".join(encodings)))
-                return np.array(image_to_array(msg))
-            except ValueError as exc:
-                self._reject(self._where(topic, stamp), str(exc))
+    def _handle(self, r: Any) -> None:
+        """Score / count one resolved stamp (caller holds the lock)."""
+        if r.kind == "no_frame":
+            self.gt_without_frame += 1
+            return
+        if r.kind == "no_gt":
+            self.stats.without_gt += 1
+            return
+        labels_topic, gt_topic = self.sub_labels.topic_name, self.gt_topic
+        pred = self._decode(r.main, ("mono8",), labels_topic, r.stamp_ns)
+        gt = self._decode(r.gt, ("mono8",), gt_topic, r.stamp_ns) if pred is not None else None
+        inst = None
+        if gt is not None and r.instances is not None:
+            inst = self._decode(r.instances, ("mono16",), self.cfg["instances_topic"], r.stamp_ns)
+            if inst is None:
+                return
+        if pred is None or gt is None:
+            return
+        where = self._where(gt_topic, r.stamp_ns)
+        item = EvalItem(name=self._where(labels_topic, r.stamp_ns), stem="", gt=gt, instances=inst,
+                        gt_name=where)
+        try:
+            self._scorer.score(item, pred, self.stats)
+        except ValueError as exc:  # wrong size, unknown ids: this frame only, never the node
+            self._reject(where, str(exc))
+            return
+        self.pub_miou.publish(Float32(data=float(self._miou())))
+
+    def _miou(self) -> float:
+        value = self.evaluator.result().get("miou")
+        return float("nan") if value is None else float(value)
+
+    # -- timers -----------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        with self._lock:
+            result = self.evaluator.result()
+            counts = {"frames": self.stats.scored, "frames_without_gt": self.stats.without_gt,
+                      "gt_without_frame": self.gt_without_frame, "frames_skipped": self.stats.skipped_count,
+                      "pending": len(self.pairer)}
+        values: Dict[str, object] = {"miou": _num(result.get("miou")),
+                                     "pixel_accuracy": _num(result.get("pixel_accuracy"))}
+        values.update(counts)
+        values.update({"iou/" + k: _num(v) for k, v in (result.get("class_iou") or {}).items()})
+        status = DiagnosticStatus(name="{}: evaluation".format(self.get_fully_qualified_name()),
+                                  hardware_id=self.model, values=key_values(values))
+        if counts["frames"] == 0:
+            status.level, status.message = DiagnosticStatus.WARN, "no frame scored yet"
+        else:
+            status.level = DiagnosticStatus.WARN if counts["frames_skipped"] else DiagnosticStatus.OK
+            status.message = "mIoU {:.2f}% over {} frames".format(100 * values["miou"], counts["frames"])
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_metrics.publish(arr)
+
+    def _check_idle(self) -> None:
+        if self._last_message and time.monotonic() - self._last_message > self.cfg["idle_timeout_s"]:
+            self.finished.set()
+
+    # -- shutdown ---------------------------------------------------------------------
+    def stop(self) -> Optional[Path]:
+        """Resolve pending stamps and write the report (idempotent); returns the report path."""
+        with self._lock:
+            if self._stopped:
                 return None
+            self._stopped = True
+            for resolved in self.pairer.flush():
+                self._handle(resolved)
+        return self.write_report()
 
-        def _reject(self, where: str, reason: str) -> None:
-            self.stats.skip(where, reason)
-            ok, suppressed = self._throttle.allow(reason[:40])
-            if ok:
-                more = " ({} similar suppressed)".format(suppressed) if suppressed else ""
-                text = reason if where in reason else "{}: {}".format(where, reason)
-                self.get_logger().error("frame not scored: {}{}".format(text, more))
-
-        def _handle(self, r: Any) -> None:
-            """Score / count one resolved stamp (caller holds the lock)."""
-            if r.kind == "no_frame":
-                self.gt_without_frame += 1
-                return
-            if r.kind == "no_gt":
-                self.stats.without_gt += 1
-                return
-            labels_topic, gt_topic = self.sub_labels.topic_name, self.gt_topic
-            pred = self._decode(r.main, ("mono8",), labels_topic, r.stamp_ns)
-            gt = self._decode(r.gt, ("mono8",), gt_topic, r.stamp_ns) if pred is not None else None
-            inst = None
-            if gt is not None and r.instances is not None:
-                inst = self._decode(r.instances, ("mono16",), self.cfg["instances_topic"], r.stamp_ns)
-                if inst is None:
-                    return
-            if pred is None or gt is None:
-                return
-            where = self._where(gt_topic, r.stamp_ns)
-            item = EvalItem(name=self._where(labels_topic, r.stamp_ns), stem="", gt=gt, instances=inst,
-                            gt_name=where)
+    def write_report(self) -> Optional[Path]:
+        """Write metrics.json / report.md / plots for what was scored so far."""
+        out = Path(self.cfg["output_dir"])
+        with self._lock:
+            self.stats.extra["gt_without_frame"] = self.gt_without_frame
+            if self.pairer.duplicate_count:
+                self.stats.notes = ["{} repeated stamp(s) ignored for pairing, e.g. {} on {}".format(
+                    self.pairer.duplicate_count, format_stamp(self.pairer.duplicates[0][0]),
+                    {MAIN: self.sub_labels.topic_name, GT: self.gt_topic}.get(
+                        self.pairer.duplicates[0][1], self.cfg["instances_topic"]))]
             try:
-                self._scorer.score(item, pred, self.stats)
-            except ValueError as exc:  # wrong size, unknown ids: this frame only, never the node
-                self._reject(where, str(exc))
-                return
-            self.pub_miou.publish(Float32(data=float(self._miou())))
+                paths = write_outputs(out, self.evaluator, self.stats, model=self.model, backend=self.backend,
+                                      inputs={"labels topic": self.sub_labels.topic_name,
+                                              "ground-truth topic": self.gt_topic},
+                                      title="Live evaluation ({})".format(self.spec.dataset))
+            except OSError as exc:
+                self._log("error", "cannot write the report to {}: {}".format(out, exc))
+                return None
+        self._log("info", "{} frames scored ({} without ground truth, {} ground truth without frame, "
+                          "{} skipped), mIoU {:.2f}%; report {}".format(
+                              self.stats.scored, self.stats.without_gt, self.gt_without_frame,
+                              self.stats.skipped_count, 100 * self._miou(), paths["report"]))
+        return paths["report"]
 
-        def _miou(self) -> float:
-            value = self.evaluator.result().get("miou")
-            return float("nan") if value is None else float(value)
+    def _log(self, level: str, text: str) -> None:
+        """Log through rclpy while the context lives; after a signal shut it down, to stderr."""
+        if self.context.ok():
+            getattr(self.get_logger(), level)(text)
+        else:
+            print("[{}] [{}]: {}".format(level.upper(), self.get_name(), text), file=sys.stderr)
 
-        # -- timers -----------------------------------------------------------------------
-        def _on_timer(self) -> None:
-            with self._lock:
-                result = self.evaluator.result()
-                counts = {"frames": self.stats.scored, "frames_without_gt": self.stats.without_gt,
-                          "gt_without_frame": self.gt_without_frame, "frames_skipped": self.stats.skipped_count,
-                          "pending": len(self.pairer)}
-            values: Dict[str, object] = {"miou": _num(result.get("miou")),
-                                         "pixel_accuracy": _num(result.get("pixel_accuracy"))}
-            values.update(counts)
-            values.update({"iou/" + k: _num(v) for k, v in (result.get("class_iou") or {}).items()})
-            status = DiagnosticStatus(name="{}: evaluation".format(self.get_fully_qualified_name()),
-                                      hardware_id=self.model, values=key_values(values))
-            if counts["frames"] == 0:
-                status.level, status.message = DiagnosticStatus.WARN, "no frame scored yet"
-            else:
-                status.level = DiagnosticStatus.WARN if counts["frames_skipped"] else DiagnosticStatus.OK
-                status.message = "mIoU {:.2f}% over {} frames".format(100 * values["miou"], counts["frames"])
-            arr = DiagnosticArray(status=[status])
-            arr.header.stamp = self.get_clock().now().to_msg()
-            self.pub_metrics.publish(arr)
-
-        def _check_idle(self) -> None:
-            if self._last_message and time.monotonic() - self._last_message > self.cfg["idle_timeout_s"]:
-                self.finished.set()
-
-        # -- shutdown ---------------------------------------------------------------------
-        def stop(self) -> Optional[Path]:
-            """Resolve pending stamps and write the report (idempotent); returns the report path."""
-            with self._lock:
-                if self._stopped:
-                    return None
-                self._stopped = True
-                for resolved in self.pairer.flush():
-                    self._handle(resolved)
-            return self.write_report()
-
-        def write_report(self) -> Optional[Path]:
-            """Write metrics.json / report.md / plots for what was scored so far."""
-            out = Path(self.cfg["output_dir"])
-            with self._lock:
-                self.stats.extra["gt_without_frame"] = self.gt_without_frame
-                if self.pairer.duplicate_count:
-                    self.stats.notes = ["{} repeated stamp(s) ignored for pairing, e.g. {} on {}".format(
-                        self.pairer.duplicate_count, format_stamp(self.pairer.duplicates[0][0]),
-                        {MAIN: self.sub_labels.topic_name, GT: self.gt_topic}.get(
-                            self.pairer.duplicates[0][1], self.cfg["instances_topic"]))]
-                try:
-                    paths = write_outputs(out, self.evaluator, self.stats, model=self.model, backend=self.backend,
-                                          inputs={"labels topic": self.sub_labels.topic_name,
-                                                  "ground-truth topic": self.gt_topic},
-                                          title="Live evaluation ({})".format(self.spec.dataset))
-                except OSError as exc:
-                    self._log("error", "cannot write the report to {}: {}".format(out, exc))
-                    return None
-            self._log("info", "{} frames scored ({} without ground truth, {} ground truth without frame, "
-                              "{} skipped), mIoU {:.2f}%; report {}".format(
-                                  self.stats.scored, self.stats.without_gt, self.gt_without_frame,
-                                  self.stats.skipped_count, 100 * self._miou(), paths["report"]))
-            return paths["report"]
-
-        def _log(self, level: str, text: str) -> None:
-            """Log through rclpy while the context lives; after a signal shut it down, to stderr."""
-            if self.context.ok():
-                getattr(self.get_logger(), level)(text)
-            else:
-                print("[{}] [{}]: {}".format(level.upper(), self.get_name(), text), file=sys.stderr)
-
-    return EvalNode
 
 
 def _num(value: Optional[float]) -> float:
     return float("nan") if value is None else float(value)
-
-
-_node_class = lazy_class(_make_node_class)
-
-
-def EvalNode(*args: Any, **kwargs: Any):  # noqa: N802 - reads like the class it builds
-    """Create an evaluation node (see :func:`_make_node_class`); rclpy must be initialised."""
-    return _node_class()(*args, **kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

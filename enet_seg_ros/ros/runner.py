@@ -9,10 +9,21 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 STARTUP_ERROR_EXIT = 2
 STARTUP_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.01) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return bool(predicate())
 
 
 def lazy_class(make: Callable[[], type]) -> Callable[[], type]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .diagnostics import NodeStats, Throttle, key_values
-from .image_conv import DEFAULT_MAX_PIXELS, ImageFormatError, message_summary
+from ..io.image_conv import DEFAULT_MAX_PIXELS, ImageFormatError, message_summary
 from .params import ParamSpec, declare_all, spec_table, validate_updates
 from .qos import RELIABILITY_CHOICES
 from .runner import lazy_class, run_node
@@ -166,9 +166,9 @@ def _make_node_class():
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     from ..engine.preprocess import to_model_input
-    from .camera_info import scale_camera_info
-    from .image_conv import array_to_image, compressed_to_color, image_to_color
-    from .image_source import sibling_topic
+    from ..io.camera_info import scale_camera_info
+    from ..io.image_conv import array_to_image, compressed_to_color, image_to_color
+    from ..io.topics import sibling_topic
     from .qos import diagnostics_qos, image_qos
 
     class SegNode(Node):

@@ -17,7 +17,7 @@ class Backend:
     """Runs the inference graph on uint8 NHWC batches.
 
     Attributes:
-        name: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        name: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
         device: ``cpu`` or ``cuda`` (``cuda:N``).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
         input_size: (width, height) the graph was built for.

@@ -1,4 +1,4 @@
-"""Scale a ``sensor_msgs/CameraInfo`` to an image that was resized / padded / cropped.
+"""``sensor_msgs/CameraInfo``: a nominal pinhole, and scaling to an image that was resized / padded / cropped.
 
 With ``output_resolution: model`` the node's outputs are at the network's size, made from
 the camera image by an axis-aligned affine map (stretch, letterbox or centre crop). The
@@ -13,6 +13,22 @@ ROS intrinsics use pixel-centre coordinates (``cx`` is a pixel index), so
 from __future__ import annotations
 
 import copy
+
+
+def nominal_camera_info(width: int, height: int):
+    """A pinhole ``sensor_msgs/CameraInfo`` (no distortion, ~53 deg horizontal field of view)."""
+    from sensor_msgs.msg import CameraInfo
+
+    f = float(width)
+    cx, cy = width / 2.0, height / 2.0
+    info = CameraInfo()
+    info.width, info.height = int(width), int(height)
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
 
 
 def scale_camera_info(info, width: int, height: int, scale_x: float, scale_y: float,

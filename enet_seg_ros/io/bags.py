@@ -10,28 +10,32 @@ and the header stamp: a bag that cannot be opened (truncated, not a bag), a miss
 message that cannot be deserialised or decoded is not fatal: :meth:`BagReader.messages`
 yields it with ``error`` set, so callers report and skip that frame.
 
-Pixels are converted with :mod:`enet_seg_ros.ros.image_conv` (pure numpy / OpenCV, no rclpy
-import at module level), so the same rules apply to bags and to live topics.
+Pixels are converted with :mod:`enet_seg_ros.io.image_conv` (pure numpy / OpenCV), so the same
+rules apply to bags and to live topics. :class:`BagReader` serves both the evaluators (messages
+deserialised by ``rosbags``) and ``image_source`` (which passes rclpy's deserialiser, so it can
+publish what it reads).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .image_conv import RAW_ENCODINGS, compressed_to_color, raw_to_array, to_color
+from .topics import COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, IMAGE_TYPES, looks_like_gt
+
 LOG = logging.getLogger(__name__)
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STORAGES = ("sqlite3", "mcap")
 BAG_VERSION = 9  # rosbag2 metadata version written (Jazzy / Kilted)
 DEFAULT_FRAME_ID = "camera"
 
 PathLike = Union[str, Path]
+#: ``deserialize(cdr_bytes, msgtype) -> message``; the default is ``rosbags``' own.
+Deserializer = Callable[[bytes, str], Any]
 
 
 class BagError(ValueError):
@@ -121,8 +125,6 @@ class BagWriter:
 
     def image_message(self, pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = DEFAULT_FRAME_ID):
         """A ``sensor_msgs/msg/Image`` (little-endian, packed rows) holding ``pixels``."""
-        from ..ros.image_conv import RAW_ENCODINGS
-
         if encoding not in RAW_ENCODINGS:
             raise ValueError("unsupported encoding {!r}".format(encoding))
         channels, depth = RAW_ENCODINGS[encoding]
@@ -211,10 +213,14 @@ class BagReader:
             image_topic = bag.require("/camera/image_raw", IMAGE_TYPES)
             for m in bag.messages([image_topic]):
                 ...
+
+    ``deserialize`` (``(cdr_bytes, msgtype) -> message``) replaces ``rosbags``' deserialiser,
+    e.g. with rclpy's so that the messages can be published as they are.
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, deserialize: Optional[Deserializer] = None) -> None:
         self.path = _resolve_bag(path)
+        self._deserialize = deserialize
         self._reader = None
         self.topics: Dict[str, TopicInfo] = {}
 
@@ -270,13 +276,13 @@ class BagReader:
                 what, topic, self.path, info.msgtype, " or ".join(types)))
         return info
 
-    def find_image_topic(self, preferred: str = "/camera/image_raw") -> TopicInfo:
+    def find_image_topic(self, preferred: str = IMAGE_TOPIC) -> TopicInfo:
         """The camera topic: ``preferred`` or its ``/compressed`` sibling, else the only image topic."""
         for name in (preferred, preferred + "/compressed"):
             info = self.topics.get(name)
             if info is not None and info.msgtype in IMAGE_TYPES:
                 return info
-        images = [t for t in self.topics.values() if t.msgtype in IMAGE_TYPES and not _looks_like_gt(t.topic)]
+        images = [t for t in self.topics.values() if t.msgtype in IMAGE_TYPES and not looks_like_gt(t.topic)]
         if len(images) == 1:
             return images[0]
         raise BagError("no image topic {} in bag {}; pick one with --image-topic; topics in the bag: {}".format(
@@ -310,7 +316,7 @@ class BagReader:
             index[conn.topic] = i + 1
             out = BagMessage(conn.topic, conn.msgtype, int(timestamp), i)
             try:
-                out.msg = self._reader.deserialize(raw, conn.msgtype)
+                out.msg = (self._deserialize or self._reader.deserialize)(raw, conn.msgtype)
                 header = getattr(out.msg, "header", None)
                 out.stamp_ns = stamp_to_ns(header.stamp) if header is not None else int(timestamp)
             except Exception as exc:  # corrupt CDR: this message only
@@ -320,20 +326,13 @@ class BagReader:
             yield out
 
 
-def _looks_like_gt(topic: str) -> bool:
-    name = topic.rsplit("/", 1)[-1]
-    return name.endswith("_gt") or "labels" in name or "instances" in name
-
-
 # ------------------------------------------------------------------------------------ pixels
 def decode_frame(msg: Any, msgtype: str) -> Tuple[np.ndarray, str]:
     """A camera message as ``(HxWx3 uint8, "rgb" | "bgr")``.
 
-    Raises :class:`enet_seg_ros.ros.image_conv.ImageFormatError` (a ValueError) for malformed
+    Raises :class:`enet_seg_ros.io.image_conv.ImageFormatError` (a ValueError) for malformed
     or undecodable data.
     """
-    from ..ros.image_conv import compressed_to_color, raw_to_array, to_color
-
     if msgtype == COMPRESSED_TYPE:
         return compressed_to_color(msg)
     if msgtype != IMAGE_TYPE:
@@ -354,8 +353,6 @@ def decode_label(msg: Any, msgtype: str = IMAGE_TYPE, encodings: Sequence[str] =
     Label images must be lossless raw ``Image`` messages with one channel; anything else is a
     ValueError naming the encoding.
     """
-    from ..ros.image_conv import raw_to_array
-
     if msgtype != IMAGE_TYPE:
         raise ValueError("label images must be raw sensor_msgs/msg/Image (lossless), got {}".format(msgtype))
     if msg.encoding not in encodings:

@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks of the nodes with real rclpy and real DDS (no mocks).
+"""Helpers for the node tests with real rclpy and real DDS (no mocks).
 
 :class:`RosHarness` owns an rclpy context (no signal handlers, so pytest keeps Ctrl-C), an
 executor spinning on a background thread, and a probe node to publish frames and collect
@@ -8,10 +8,16 @@ fast; their topics and callbacks still go through the DDS middleware.
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+from enet_seg_ros.ros.qos import image_qos
+from enet_seg_ros.ros.runner import wait_until  # noqa: F401 - the tests import it from here
 
 DISCOVERY_TIMEOUT_S = 30.0
 
@@ -19,29 +25,6 @@ DISCOVERY_TIMEOUT_S = 30.0
 def stamp_key(header) -> int:
     """A header stamp as integer nanoseconds (dictionary key for matching outputs to inputs)."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def make_test_weights(path: Path, arch: str = "enet", input_size=(160, 120), seed: int = 0) -> Path:
-    """Save a randomly initialised small CamVid model (fast, independent of shipped weights)."""
-    import torch
-
-    from ..data.labels import CAMVID
-    from ..nets import build_model
-    from ..weights import ModelCard, save_model
-
-    torch.manual_seed(seed)
-    model = build_model(arch, len(CAMVID.class_names))
-    return save_model(path, model, ModelCard.for_dataset(arch, CAMVID, list(input_size)))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return bool(predicate())
 
 
 class RosHarness:
@@ -55,15 +38,9 @@ class RosHarness:
     """
 
     def __init__(self, threads: int = 2) -> None:
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
         self.context = rclpy.Context()
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
         self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
-        from rclpy.node import Node
-
         self.probe = Node("test_probe_{}".format(id(self) % 100000), context=self.context)
         self.executor.add_node(self.probe)
         self.received: Dict[str, List[Any]] = defaultdict(list)
@@ -74,8 +51,6 @@ class RosHarness:
         self._thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
         try:
             while self.context.ok() and not self._closing:
                 self.executor.spin_once(timeout_sec=0.05)
@@ -96,8 +71,6 @@ class RosHarness:
         node.destroy_node()
 
     def qos(self, reliability: str = "reliable", depth: int = 10):
-        from .qos import image_qos
-
         return image_qos(reliability, depth)
 
     def publisher(self, msg_type, topic: str, reliability: str = "reliable", depth: int = 10):
@@ -127,8 +100,6 @@ class RosHarness:
 
     def close(self) -> None:
         """Stop spinning, destroy the nodes (joining their workers), shut the context down."""
-        import rclpy
-
         self._closing = True
         self._thread.join(timeout=10.0)
         self.executor.shutdown(timeout_sec=5.0)

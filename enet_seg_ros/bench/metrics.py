@@ -1,23 +1,20 @@
 """Metric overhead benchmark: ms per frame of the evaluators on synthetic full-size frames.
 
-``python -m enet_seg_ros.evaluate.bench [--size 2048x1024] [--frames 20]`` prints a markdown
-table (machine + date) for BENCHMARKS.md. Frames are structured Cityscapes-like scenes with
+``enet-seg bench metrics [--size 2048x1024] [--frames 20]`` prints a markdown table (machine +
+date) for BENCHMARKS.md. Frames are structured Cityscapes-like scenes with
 instances and a 20 % noisy prediction, so every code path (histogram, instance sums) runs.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 
 from ..data.labels import CITYSCAPES
-from .cityscapes import CityscapesEvaluator
-from .metrics import ConfusionMatrix
+from ..evaluate.cityscapes import CityscapesEvaluator
+from ..evaluate.metrics import ConfusionMatrix
+from .machine import machine_line
 
 
 def synthetic_frame(rng: np.random.Generator, width: int, height: int,
@@ -68,23 +65,10 @@ def run(width: int, height: int, frames: int, seed: int = 0) -> List[Tuple[str, 
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="2048x1024", help="WxH (default 2048x1024)")
-    parser.add_argument("--frames", type=int, default=20)
-    args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    rows = run(width, height, args.frames)
-    print("Metric overhead, {}x{}, {} frames, {} ({} CPUs, numpy {}), {}".format(
-        width, height, args.frames, platform.processor() or platform.machine(), os.cpu_count(), np.__version__,
-        datetime.date.today().isoformat()))
-    print("")
-    print("| Path | ms / frame |")
-    print("|---|---:|")
-    for name, ms in rows:
-        print("| {} | {:.2f} |".format(name, ms))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def to_markdown(rows: List[Tuple[str, float]], width: int, height: int, frames: int) -> str:
+    """The BENCHMARKS.md table, headed by the machine line."""
+    lines = ["Metric overhead, {}x{}, {} frames, numpy {}, {}".format(width, height, frames, np.__version__,
+                                                                      machine_line()),
+             "", "| Path | ms / frame |", "|---|---:|"]
+    lines += ["| {} | {:.2f} |".format(name, ms) for name, ms in rows]
+    return "\n".join(lines)
