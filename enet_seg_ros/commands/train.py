@@ -40,13 +40,13 @@ def _scales(text: str):
 
 
 def _size(text: str):
+    """argparse type over the one size parser (``engine.parse_size``)."""
+    from ..engine import parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("size must be WxH, e.g. 480x360") from None
-    if w < 8 or h < 8:
-        raise argparse.ArgumentTypeError("size must be at least 8x8")
-    return w, h
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..data.datasets import SegmentationDataset, build_dataset
-from ..data.device_augment import BatchAugment, FrameStore, normalize_batch
+from ..data.device_augment import BatchAugment, FrameStore
+from ..engine.preprocess import Preprocess
 from ..evaluate.metrics import ConfusionMatrix
 from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
@@ -295,6 +296,11 @@ class Trainer:
             if self.is_main:
                 _write_atomic(stats_file, json.dumps(stats))
         self.norm = Normalization(channel_order="rgb", mean=stats["mean"], std=stats["std"], scale=1.0)
+        # Training and validation inputs are normalised as inference does (one source of truth).
+        self.pre = Preprocess(input_size=tuple(cfg.size), channel_order=self.norm.channel_order,
+                              mean=tuple(self.norm.mean), std=tuple(self.norm.std), scale=self.norm.scale)
+        self._mean = torch.tensor(self.pre.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._factor = torch.from_numpy(self.pre.factor).to(self.device).view(1, 3, 1, 1)
         label_paths = [lab for _, lab in self.train_set.pairs]
         weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
                                        lambda i: self.train_set.load(i)[1], self.out.parent / ".class_weights",
@@ -411,8 +417,13 @@ class Trainer:
         idx = torch.as_tensor(list(indices), device=self.train_store.images.device)
         images, labels = self.train_store.images[idx], self.train_store.labels[idx]
         x, y = p.augment(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), params)
-        x = normalize_batch(x, self.norm.channel_order, self.norm.mean, self.norm.std, self.norm.scale)
-        return x.contiguous(memory_format=torch.channels_last), y
+        return self._normalize(x), y
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
+        if self.pre.swap_rb("rgb"):
+            x = x.flip(1)
+        return ((x - self._mean) * self._factor).contiguous(memory_format=torch.channels_last)
 
     def _step(self, model, opt, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
         """One optimiser step; returns the (detached) loss."""
@@ -477,8 +488,7 @@ class Trainer:
         mine = list(range(self.rank, len(store), self.world))
         for start in range(0, len(mine), 8):
             idx = torch.as_tensor(mine[start:start + 8], device=store.images.device)
-            x = normalize_batch(store.images[idx].to(self.device).float(), self.norm.channel_order, self.norm.mean,
-                                self.norm.std, self.norm.scale).contiguous(memory_format=torch.channels_last)
+            x = self._normalize(store.images[idx].to(self.device).float())
             label = store.labels[idx].to(self.device).long()
             pred = net(x).argmax(1)  # fp32: scored as the exported model runs
             if stage == "encoder":
