@@ -20,6 +20,7 @@ $(STAMP): requirements.txt setup.py
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) test
 
+# The shipped CamVid bag with live mIoU; SOURCE=synthetic (generated frames) or a folder / video / bag.
 demo: setup
 	$(PY) -m enet_seg_ros.ros.demo $(if $(SOURCE),--source $(SOURCE),) --out out/demo
 

@@ -15,6 +15,9 @@ setup(
         ("share/" + PACKAGE + "/launch", glob("launch/*.py")),
         ("share/" + PACKAGE + "/config", glob("config/*")),
         ("share/" + PACKAGE + "/models", glob("models/*")),
+        # The demo's CamVid street sequence (CC BY-NC 4.0, see demo/LICENSE) and its licence.
+        ("share/" + PACKAGE + "/demo", ["demo/README.md", "demo/LICENSE"]),
+        ("share/" + PACKAGE + "/demo/camvid_val_seq", glob("demo/camvid_val_seq/*")),
     ],
     # The shipped default model is also package data so pip installs find it without ament.
     package_data={PACKAGE: ["py.typed"]},

@@ -11,9 +11,11 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from enet_seg_ros import cli
 from enet_seg_ros.data.datasets import DatasetError, build_dataset, camvid_pairs
+from enet_seg_ros.data.device_augment import BatchAugment, FrameStore
 from enet_seg_ros.data.labels import CAMVID, CITYSCAPES
 from enet_seg_ros.data.transforms import TrainAugment, normalize
 
@@ -347,3 +349,99 @@ def test_normalize_matches_formula():
     np.testing.assert_allclose(out, expected.transpose(2, 0, 1), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="channel_order"):
         normalize(image, "hsv", mean, std)
+
+
+# ------------------------------------------------------------------ batched (device) augmentation
+def _batch_of(aug: BatchAugment, images: np.ndarray, labels: np.ndarray, keys: List[List[int]]):
+    """Augment a batch (N x H x W x 3 / N x H x W numpy) with one generator per sample."""
+    params = [aug.draw(np.random.default_rng(k)) for k in keys]
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    out, lab = aug(x, torch.from_numpy(labels), params)
+    return out.permute(0, 2, 3, 1).numpy(), lab.numpy(), params
+
+
+@pytest.mark.parametrize("input_size,crop,scales", [((64, 48), None, (0.6, 1.6)), ((64, 48), (48, 40), (0.5, 0.9)),
+                                                    ((64, 48), (80, 64), (1.0, 2.0))])
+def test_batch_augment_alignment_and_ignore_fill(input_size, crop, scales):
+    """Batched version: labels stay on their pixels, the canvas is black with ignore labels."""
+    rng = np.random.default_rng(3)
+    w, h = input_size
+    labels = np.stack([scene(rng, w, h, [0, 1, 5, 3], thing=8, void=2) for _ in range(6)])
+    images = CAMVID_PALETTE[labels]
+    aug = BatchAugment(input_size, ignore_index=11, scale_range=scales, crop_size=crop)
+    out_w, out_h = crop or input_size
+    padded = 0
+    for rep in range(4):
+        img, lab, _ = _batch_of(aug, images, labels, [[7, rep, i] for i in range(6)])
+        assert img.shape == (6, out_h, out_w, 3) and lab.shape == (6, out_h, out_w)
+        pad = lab == 11
+        padded += pad.sum()
+        assert (img[pad] == 0).all()
+        # A pixel whose bilinear value is a pure palette colour lies among source pixels of that
+        # colour only: its nearest label must be that colour's class.
+        dist = np.abs(img[..., None, :] - CAMVID_PALETTE[None, None, None].astype(np.float32)).max(-1)
+        pure = (dist < 1e-3) & ~pad[..., None]
+        is_pure = pure.any(-1)
+        assert is_pure.sum() > 0.5 * (~pad).sum()
+        wrong = is_pure & (pure.argmax(-1) != lab)
+        assert not wrong.any(), np.argwhere(wrong)[:5].tolist()
+    assert (padded > 0) == (scales[0] * w < out_w)
+
+
+def test_batch_augment_matches_per_sample_augment():
+    """Same generator -> same draws as TrainAugment; pixels equal up to interpolation rounding."""
+    rng = np.random.default_rng(1)
+    labels = np.stack([scene(rng, 64, 48, [0, 1, 3], thing=8, void=2) for _ in range(5)])
+    images = np.stack([paint(lab, CAMVID_PALETTE, rng) for lab in labels])
+    ref = TrainAugment((64, 48), ignore_index=11, scale_range=(0.6, 1.6), crop_size=(56, 40))
+    aug = BatchAugment((64, 48), ignore_index=11, scale_range=(0.6, 1.6), crop_size=(56, 40))
+    keys = [[0, 0, 3, i] for i in range(5)]
+    img, lab, _ = _batch_of(aug, images, labels, keys)
+    for i in range(5):
+        r_img, r_lab = ref(images[i], labels[i], np.random.default_rng(keys[i]))
+        np.testing.assert_array_equal(lab[i] == 11, r_lab == 11)  # the same canvas padding, exactly
+        assert (lab[i] == r_lab).mean() > 0.97  # OpenCV 5's NEAREST_EXACT differs at exact pixel-border ties
+        assert np.abs(img[i] - r_img).mean() < 1.0 and np.abs(img[i] - r_img).max() <= 1.0
+
+
+def test_batch_augment_is_deterministic_per_seed():
+    rng = np.random.default_rng(0)
+    labels = np.stack([scene(rng, 64, 48, [0, 1, 3], thing=8, void=2) for _ in range(4)])
+    images = np.stack([paint(lab, CAMVID_PALETTE, rng) for lab in labels])
+    aug = BatchAugment((64, 48), ignore_index=11, color_jitter=0.3)
+    a = _batch_of(aug, images, labels, [[1, 2, i] for i in range(4)])
+    b = _batch_of(aug, images, labels, [[1, 2, i] for i in range(4)])
+    c = _batch_of(aug, images, labels, [[1, 3, i] for i in range(4)])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    # Colour jitter changes colours only: the geometry (labels) is that of the same draws without it.
+    plain = BatchAugment((64, 48), ignore_index=11)
+    params = [plain.draw(np.random.default_rng([1, 2, i])) for i in range(4)]
+    assert [(p.sw, p.x0, p.y0, p.flip) for p in params] == [(p.sw, p.x0, p.y0, p.flip) for p in a[2]]
+    assert all(p.jitter != (1.0, 1.0, 1.0) and all(0.7 <= f <= 1.3 for f in p.jitter) for p in a[2])
+    assert a[0].min() >= 0 and a[0].max() <= 255 and (a[0][a[1] == 11] == 0).all()
+
+
+def test_frame_store_decodes_once_at_the_input_size(tmp_path):
+    root = make_camvid(tmp_path / "camvid", n_train=3, n_val=1, size=(40, 30))
+    ds = build_dataset("camvid", root, "train")
+    store = FrameStore(ds, (64, 48), torch.device("cpu"))
+    assert store.images.shape == (3, 3, 48, 64) and store.images.dtype == torch.uint8
+    assert store.labels.shape == (3, 48, 64) and store.labels.dtype == torch.uint8
+    image, label = ds.load(1)
+    np.testing.assert_array_equal(store.images[1].permute(1, 2, 0).numpy(),
+                                  cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(store.labels[1].numpy(),
+                                  cv2.resize(label, (64, 48), interpolation=cv2.INTER_NEAREST_EXACT))
+
+
+def test_jpeg_images_with_png_labels(tmp_path):
+    """The GPU run's CamVid tar holds .jpg frames with .png labels."""
+    root = make_camvid(tmp_path / "camvid", n_train=2, n_val=1)
+    for p in list((root / "train").iterdir()):
+        cv2.imwrite(str(p.with_suffix(".jpg")), cv2.imread(str(p)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        p.unlink()
+    pairs = camvid_pairs(root, "train")
+    assert [(a.suffix, b.suffix) for a, b in pairs] == [(".jpg", ".png")] * 2
+    build_dataset("camvid", root, "train").check()

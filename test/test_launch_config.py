@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "seg.launch.py"
 CONFIG = REPO / "config" / "seg.yaml"
 RVIZ = REPO / "config" / "seg.rviz"
-REQUIRED_ARGS = {"image_topic", "weights", "backend", "params_file", "namespace", "use_rviz", "source"}
+REQUIRED_ARGS = {"image_topic", "weights", "backend", "params_file", "namespace", "use_rviz", "source", "managed"}
 
 
 def _launch_arguments() -> set:
@@ -40,6 +40,24 @@ def test_launch_file_compiles_and_declares_its_arguments(tmp_path):
     for needed in ("launch_ros.actions", "FindPackageShare", "seg.rviz", "seg.yaml", "image_source", "rviz2",
                    "fastdds_shm.xml"):
         assert needed in text
+
+
+def test_launch_plays_the_shipped_demo_bag_and_starts_managed():
+    """source:=demo replays the installed bag (frames + ground truth) into seg_node and eval_node;
+    managed:=true turns seg_node's autostart off."""
+    tree = ast.parse(LAUNCH.read_text())
+    consts = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
+              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id in
+              ("DEMO_BAG", "GT_TOPIC")}
+    assert (REPO.joinpath(*consts["DEMO_BAG"]) / "metadata.yaml").is_file()  # installed from here by setup.py
+    from enet_seg_ros.ros.demo import GT_TOPIC, bag_topics
+
+    assert consts["GT_TOPIC"] == GT_TOPIC and GT_TOPIC in bag_topics(REPO.joinpath(*consts["DEMO_BAG"]))
+    assert "/camera/image_raw/compressed" in bag_topics(REPO.joinpath(*consts["DEMO_BAG"]))
+    text = LAUNCH.read_text()
+    for needed in ('executable="eval_node"', '"gt_wait_for_labels": True', 'overrides["autostart"] = False',
+                   '"labels_topic": "seg_node/labels"'):
+        assert needed in text, needed
 
 
 def test_launch_description_builds_where_launch_is_installed():

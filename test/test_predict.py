@@ -72,13 +72,24 @@ def test_predict_cityscapes_writes_official_label_ids(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ids, np.vectorize(train_to_id.get)(labels).astype(np.uint8))
 
 
-def test_predict_errors_name_the_file(camvid_weights, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        _predict("--weights", str(camvid_weights), "--out", str(tmp_path / "o"), str(tmp_path / "missing.png"))
+def test_unreadable_files_are_reported_and_skipped_the_others_written(camvid_weights, tmp_path, capsys):
+    _image(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="bad.png"):
-        _predict("--weights", str(camvid_weights), "--out", str(tmp_path / "o"), str(bad))
+    _image(tmp_path / "late.jpg", 80, 60, seed=2)
+    out = tmp_path / "o"
+    code = _predict("--weights", str(camvid_weights), "--backend", "torch", "--out", str(out),
+                    str(tmp_path / "good.png"), str(tmp_path / "missing.png"), str(bad), str(tmp_path / "late.jpg"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "missing.png: image not found; skipped" in err and "bad.png: not a readable image; skipped" in err
+    assert "2 of 4 images written, 2 failed" in err
+    assert sorted(p.name for p in out.glob("*_labels.png")) == ["good_labels.png", "late_labels.png"]
+    assert cv2.imread(str(out / "late_labels.png"), cv2.IMREAD_UNCHANGED).shape == (60, 80)
+    # Through the CLI: the exit code says something failed, without a traceback.
+    from enet_seg_ros.cli import main
+
+    assert main(["predict", "--weights", str(camvid_weights), "--backend", "torch", "--out", str(out), str(bad)]) == 1
 
 
 def test_imported_cityscapes_espnet_predicts_a_plausible_street(tmp_path, espnet_reference, monkeypatch):

@@ -57,6 +57,7 @@ def _run_node(*ros_args: str, timeout: float = 120.0):
     (["-p", "output_resolution:=huge"], "output_resolution must be one of"),
     (["-p", "overlay_alpha:=opaque"], "parameter 'overlay_alpha' has the wrong type"),
     (["-p", "input_size:=[100]"], "input_size: must be [width, height]"),
+    (["-p", "mask_classes:=[Road, Spaceship]"], "unknown class name(s) ['Spaceship']; valid names: ['Sky', "),
 ])
 def test_bad_startup_parameters_exit_with_one_clear_error(weights, args, expected):
     if not any(a.startswith("weights:=") for a in args):

@@ -23,8 +23,10 @@ import torch.distributed as dist
 from enet_seg_ros import cli
 from test_datasets import make_camvid
 
+# fp32: bf16 rounding of 2 x 2 frames vs 4 frames would swamp the tolerance below.
 ARGS = ["--arch", "enet", "--dataset", "camvid", "--size", "64x48", "--threads", "1",
-        "--stages", "both", "--encoder-epochs", "1", "--epochs", "2", "--freeze-bn", "--no-dropout"]
+        "--stages", "both", "--encoder-epochs", "1", "--epochs", "2", "--freeze-bn", "--no-dropout",
+        "--precision", "fp32"]
 
 
 def _torchrun_missing() -> str:
@@ -70,7 +72,7 @@ def test_two_processes_equal_one(camvid, tmp_path):
     assert [(r["stage"], r["epoch"]) for r in rows] == [("encoder", "0"), ("decoder", "0"), ("decoder", "1")]
     assert output.count("decoder epoch 1: loss") == 1
     assert output.count("encoder 0: 100%") == 1 and output.count("decoder 1: 100%") == 1
-    assert output.count("best val mIoU") == 1
+    assert output.count("exported model: val mIoU") == 1
     assert output.count("dropout modules set to p=0") == 1
 
     a = torch.load(single / "last.pt", map_location="cpu", weights_only=True)

@@ -23,19 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment each image; a missing or unreadable image is an error naming the file."""
+    """Segment each image; returns 0, or 1 when an image was missing / unreadable.
+
+    A file that is missing or not a readable image is reported (naming it) and skipped; the
+    other images are still written.
+    """
+    import sys
     from pathlib import Path
 
-    import cv2
     import numpy as np
 
     from ..engine import Segmenter
     from ..weights import resolve_weights
 
     paths = [Path(p) for p in args.images]
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError("{}: image not found".format(p))
     weights = resolve_weights(args.weights)
     seg = Segmenter(weights, backend=args.backend, device=args.device, precision=args.precision,
                     input_size=args.size, resize_policy=args.resize_policy, strict=args.strict, warmup=1)
@@ -47,24 +48,42 @@ def run(args: argparse.Namespace) -> int:
         to_id[: card.num_classes] = np.asarray(card.train_id_to_id, dtype=np.int64).clip(0, 255)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stems = set()
+    stems: set = set()
+    failed = []
     for p in paths:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError("{}: not a readable image".format(p))
-        stem = p.stem if p.stem not in stems else "{}_{}".format(p.stem, len(stems))
-        stems.add(stem)
-        result = seg.segment(bgr, channel_order="bgr")
-        _write(out / (stem + "_labels.png"), result.labels)
-        _write(out / (stem + "_color.png"), cv2.cvtColor(result.color(), cv2.COLOR_RGB2BGR))
-        _write(out / (stem + "_overlay.png"), result.overlay(bgr, args.alpha, channel_order="bgr"))
-        if to_id is not None:
-            _write(out / (stem + "_labelIds.png"), to_id[result.labels])
-        top = sorted(result.class_stats().items(), key=lambda kv: -kv[1]["fraction"])[:3]
-        print("{}: {}x{} -> {} ({})".format(p.name, bgr.shape[1], bgr.shape[0], out / (stem + "_*.png"),
-                                           ", ".join("{} {:.0%}".format(k, v["fraction"]) for k, v in top)))
+        try:
+            _predict_one(seg, p, out, stems, to_id, args.alpha)
+        except (FileNotFoundError, ValueError) as exc:
+            print("enet-seg predict: error: {}; skipped".format(exc), file=sys.stderr)
+            failed.append(p)
     print("backend: {}".format(seg.backend.describe()))
+    if failed:
+        print("enet-seg predict: {} of {} images written, {} failed: {}".format(
+            len(paths) - len(failed), len(paths), len(failed), ", ".join(str(p) for p in failed)), file=sys.stderr)
+        return 1
     return 0
+
+
+def _predict_one(seg, path, out, stems: set, to_id, alpha: float) -> None:
+    """Segment one file and write its PNGs; FileNotFoundError / ValueError name the file."""
+    import cv2
+
+    if not path.is_file():
+        raise FileNotFoundError("{}: image not found".format(path))
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("{}: not a readable image".format(path))
+    stem = path.stem if path.stem not in stems else "{}_{}".format(path.stem, len(stems))
+    stems.add(stem)
+    result = seg.segment(bgr, channel_order="bgr")
+    _write(out / (stem + "_labels.png"), result.labels)
+    _write(out / (stem + "_color.png"), cv2.cvtColor(result.color(), cv2.COLOR_RGB2BGR))
+    _write(out / (stem + "_overlay.png"), result.overlay(bgr, alpha, channel_order="bgr"))
+    if to_id is not None:
+        _write(out / (stem + "_labelIds.png"), to_id[result.labels])
+    top = sorted(result.class_stats().items(), key=lambda kv: -kv[1]["fraction"])[:3]
+    print("{}: {}x{} -> {} ({})".format(path.name, bgr.shape[1], bgr.shape[0], out / (stem + "_*.png"),
+                                       ", ".join("{} {:.0%}".format(k, v["fraction"]) for k, v in top)))
 
 
 def _write(path, image) -> None:

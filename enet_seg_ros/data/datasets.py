@@ -115,6 +115,11 @@ class SegmentationDataset:
             self._cache[index] = item
         return item
 
+    def clear_cache(self) -> None:
+        """Free the decoded frames kept by ``cache=True`` (e.g. once copied into a FrameStore)."""
+        if self._cache is not None:
+            self._cache = [None] * len(self.pairs)
+
     def check(self, max_files: Optional[int] = None) -> None:
         """Read every label (and image header) once; raise listing the first bad files.
 

@@ -91,17 +91,25 @@ def declare_all(node, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
             out of range or fails the spec's check (the message names the parameter).
     """
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.parameter import Parameter
 
     values: Dict[str, Any] = {}
     for spec in specs:
+        # An empty list says nothing of its element type: empty-list defaults are string arrays
+        # (declared by type, so the value is "not set" until given and reads back as []).
+        default = Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) and not spec.default \
+            else spec.default
         try:
-            param = node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            param = node.declare_parameter(spec.name, default, spec.descriptor())
         except InvalidParameterTypeException as exc:
             raise ParameterError("parameter {!r} has the wrong type (expected {}): {}".format(
                 spec.name, type(spec.default).__name__, exc)) from None
         except InvalidParameterValueException as exc:
             raise ParameterError("parameter {!r} is invalid: {}".format(spec.name, exc)) from None
         value = param.value
+        if value is None and default is not spec.default:  # not given: an empty string array, also on get
+            value = []
+            node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, value)])
         reason = spec.problem(value)
         if reason:
             raise ParameterError("invalid parameter " + reason)

@@ -26,22 +26,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.
     return bool(predicate())
 
 
-def lazy_class(make: Callable[[], type]) -> Callable[[], type]:
-    """Build a class on first use and keep it.
-
-    The node classes subclass ``rclpy.node.Node``, so they are made inside a factory to keep
-    ``import enet_seg_ros.ros.<module>`` free of rclpy until a node is actually created.
-    """
-    made: list = []
-
-    def get() -> type:
-        if not made:
-            made.append(make())
-        return made[0]
-
-    return get
-
-
 def run_node(name: str, build: Callable[[], object], spin: Callable[[object, object], Optional[int]],
              argv: Optional[Sequence[str]] = None) -> int:
     """Run a node until ``spin`` returns an exit code or the process is signalled.

@@ -1,17 +1,30 @@
 """The training loop: two-stage training, resumable checkpoints, validation, DDP via torchrun.
 
-Reproducibility: every sample's augmentation uses its own generator seeded by
-(seed, stage, epoch, index), and the sampler is a ``DistributedSampler`` even for one process,
-so a run resumed from a checkpoint, or split over N processes with the same global batch,
-sees the same batches. The loss is normalised by the global (all-rank) weighted pixel count,
-so DDP gradients equal the single-process gradients of the same global batch.
+Data: each split is decoded once into uint8 tensors (on the GPU when training there) and every
+batch is augmented on the training device (:mod:`enet_seg_ros.data.device_augment`): no step
+decodes a file or runs per-sample Python image code. Steps run in bf16 autocast where the
+hardware has bf16 units (CUDA; CPUs with AMX or AVX512-BF16), channels_last, optionally
+``torch.compile``-d.
+
+Reproducibility: every sample's augmentation is drawn from its own generator seeded by
+(seed, stage, epoch, index[, pass]) on the host, so CPU and GPU runs draw the same parameters,
+and the sampler is a ``DistributedSampler`` even for one process, so a run resumed from a
+checkpoint, or split over N processes with the same global batch, sees the same batches. The
+loss is normalised by the global (all-rank) weighted pixel count, so DDP gradients equal the
+single-process gradients of the same global batch.
 
 What still differs between N processes and one is what runs per process: BatchNorm batch
 statistics (per-rank batches; SyncBatchNorm needs CUDA) and Dropout masks (per-process RNG).
 ``freeze_bn`` + ``no_dropout`` remove both, which is how the DDP equivalence test compares them.
+
+Honest numbers (``select``): ``last`` (default) exports the last epoch of a fixed schedule;
+``holdout`` picks the epoch with the best mean IoU on frames held out of train; ``val`` picks on
+val (optimistic: the reported score then also chose the checkpoint). The exported model is
+always scored on val, and the card's ``metrics.protocol`` says which of the three was used.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -19,26 +32,32 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from ..data.datasets import SegmentationDataset, build_dataset
-from ..data.transforms import TrainAugment, normalize
+from ..data.device_augment import BatchAugment, FrameStore
+from ..engine.preprocess import Preprocess
 from ..evaluate.metrics import ConfusionMatrix
 from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
-from .recipes import recipe_for
+from .recipes import paper_recipe, recipe_for
 
 log = logging.getLogger("enet_seg_ros.train")
 CHECKPOINT = "last.pt"
 BEST = "best.safetensors"
+SELECT = ("last", "holdout", "val")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Multi-scale epochs: per-sample zoom on top of the pass scale (the random crop-resize of the
+# ESPNet authors' code crops a margin of up to ~7% per side and resizes back).
+MULTISCALE_ZOOM = (1.0, 1.15)
 
 
 @dataclass
@@ -51,7 +70,7 @@ class TrainConfig:
     out: str
     size: Tuple[int, int] = (480, 360)  # model input size (inference resolution, in the card)
     crop: Optional[Tuple[int, int]] = None  # training crop (default: size)
-    epochs: int = 100
+    epochs: Optional[int] = None  # default: the recipe's (100; the paper recipe's 150-300)
     encoder_epochs: Optional[int] = None  # default: same as epochs
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -61,14 +80,14 @@ class TrainConfig:
     stages: str = "both"
     schedule: Optional[str] = None
     scale_range: Tuple[float, float] = (0.75, 1.5)
-    workers: int = 0
-    amp: bool = False
+    workers: int = 0  # kept for compatibility: data is decoded once and augmented in-process
+    amp: bool = False  # kept for compatibility: same as precision "bf16"
     seed: int = 0
     init: Optional[str] = None
     val_every: int = 1
     threads: int = 0
-    cache_data: bool = True
-    max_steps_per_epoch: int = 0  # 0 = full epoch; small values for smoke tests
+    cache_data: bool = True  # False: keep the decoded frames in host memory, not on the GPU
+    max_steps_per_epoch: int = 0  # 0 = full epoch (per pass); small values for smoke tests
     freeze_bn: bool = False
     sync_bn: bool = False
     options: Dict[str, Any] = field(default_factory=dict)
@@ -76,40 +95,88 @@ class TrainConfig:
     no_dropout: bool = False
     # Leave cleanly (resumable) after this many epochs in this invocation; 0 = run to the end.
     stop_after: int = 0
+    recipe: str = "default"  # "paper": the papers' full schedules with multi-scale epochs
+    # Multi-scale epochs: each epoch is one pass over the data per scale (full frames at
+    # scale x size, random crop-resize, flips); None = one pass of random-scale crops.
+    epoch_scales: Optional[Tuple[float, ...]] = None
+    encoder_batch_size: Optional[int] = None  # default: batch_size (ESPNet paper: 12 vs 6)
+    color_jitter: float = 0.0
+    precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32
+    compile: bool = False  # torch.compile the model (forward + backward)
+    select: str = "last"  # checkpoint selection: last | holdout | val (see the module doc)
+    holdout: int = 0  # frames held out of train for select=holdout
+    # Wall budget (s) of this run: epochs are fitted from a throughput probe, and training stops
+    # (and exports) if it runs over. 0 = no budget.
+    budget_s: float = 0.0
 
     def resolved(self) -> "TrainConfig":
-        """Fill unset hyper-parameters from the arch's paper recipe."""
-        recipe = recipe_for(self.arch if self.arch in ("enet", "erfnet") else "espnet")
+        """Fill unset hyper-parameters from the arch's recipe (``recipe``: default or paper)."""
         cfg = TrainConfig(**asdict(self))
-        for key in ("batch_size", "lr", "weight_decay", "weighting_c", "schedule"):
-            if getattr(cfg, key) is None:
+        if cfg.recipe not in ("default", "paper"):
+            raise ValueError("recipe must be default or paper, got {!r}".format(cfg.recipe))
+        recipe = recipe_for(cfg.arch) if cfg.recipe == "default" else paper_recipe(cfg.arch)
+        for key in ("batch_size", "lr", "weight_decay", "weighting_c", "schedule", "epochs",
+                    "encoder_batch_size", "epoch_scales"):
+            if getattr(cfg, key) is None and recipe.get(key) is not None:
                 setattr(cfg, key, recipe[key])
+        if cfg.epochs is None:
+            cfg.epochs = 100
         if cfg.encoder_epochs is None:
-            cfg.encoder_epochs = cfg.epochs
+            cfg.encoder_epochs = recipe.get("encoder_epochs", cfg.epochs)
+        if cfg.encoder_batch_size is None:
+            cfg.encoder_batch_size = cfg.batch_size
+        if cfg.epoch_scales is not None:
+            cfg.epoch_scales = tuple(float(v) for v in cfg.epoch_scales)
         if cfg.stages not in ("encoder", "decoder", "both"):
             raise ValueError("stages must be encoder, decoder or both")
+        if cfg.select not in SELECT:
+            raise ValueError("select must be one of {}, got {!r}".format(", ".join(SELECT), cfg.select))
+        if (cfg.select == "holdout") != (cfg.holdout > 0):
+            raise ValueError("--select holdout needs --holdout N > 0 frames (and --holdout only goes with it)")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError("precision must be one of {}".format(", ".join(PRECISIONS)))
+        if cfg.amp and cfg.precision == "auto":
+            cfg.precision = "bf16"
         return cfg
 
 
-class _AugmentedSet(Dataset):
-    """Dataset view that augments and normalises; the generator depends on (seed, stage, epoch, index)."""
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
-    def __init__(self, base: SegmentationDataset, augment: Optional[TrainAugment], norm: Normalization,
-                 seed: int) -> None:
-        self.base, self.augment, self.norm, self.seed = base, augment, norm, seed
-        self.epoch = 0
-        self.stage = 0
 
-    def __len__(self) -> int:
-        return len(self.base)
+def effective_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` (auto / fp32 / bf16) on ``device``."""
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    else:
+        ok = cpu_has_bf16()
+    if precision == "bf16" and not ok:
+        log.warning("bf16 asked but %s has no bf16 support: training in fp32", device)
+    return "bf16" if ok else "fp32"
 
-    def __getitem__(self, index: int):
-        image, label = self.base.load(index)
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.stage, self.epoch, index])
-            image, label = self.augment(image, label, rng)
-        x = normalize(image, self.norm.channel_order, self.norm.mean, self.norm.std, self.norm.scale)
-        return torch.from_numpy(x), torch.from_numpy(label.astype(np.int64))
+
+def holdout_split(n: int, k: int) -> Tuple[List[int], List[int]]:
+    """(train indices, held-out indices): ``k`` frames evenly spaced over the sorted list.
+
+    Deterministic and seed-independent (the split must not change between runs being compared);
+    evenly spaced so every sequence of a video data set gives some frames.
+    """
+    if not 0 < k < n:
+        raise ValueError("--holdout {} must be between 1 and {} (frames in train) - 1".format(k, n))
+    held = sorted(set(int(round(v)) for v in np.linspace(0, n - 1, k)))
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
 
 
 def _dist_info() -> Tuple[int, int]:
@@ -161,6 +228,14 @@ def dataset_statistics(ds: SegmentationDataset, max_images: int = 200) -> Tuple[
     return [round(float(v), 3) for v in mean], [round(float(v), 3) for v in std]
 
 
+@dataclass
+class _Pass:
+    """One pass over the training data inside an epoch (several with multi-scale epochs)."""
+
+    augment: BatchAugment
+    index: int  # 0 for single-pass epochs (keeps their seeds and sampler order unchanged)
+
+
 class Trainer:
     """Runs one training configuration end to end (``run()``), resuming if asked."""
 
@@ -172,29 +247,46 @@ class Trainer:
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            # TF32 for whatever stays fp32 (loss, optimiser): these nets lose nothing to it.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
-        if self.cfg.batch_size < 1 or self.cfg.batch_size % self.world:
-            raise ValueError("--batch-size {} (the global batch) must be a positive multiple of the {} processes"
-                             .format(self.cfg.batch_size, self.world))
+        for name, batch in (("--batch-size", self.cfg.batch_size), ("--encoder-batch-size", self.cfg.encoder_batch_size)):
+            if batch < 1 or batch % self.world:
+                raise ValueError("{} {} (the global batch) must be a positive multiple of the {} processes"
+                                 .format(name, batch, self.world))
         if self.cfg.sync_bn and self.world > 1 and self.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels); on CPU use --freeze-bn or neither")
+        if self.cfg.budget_s and resume:
+            raise ValueError("--budget-s fits the epochs at the start of a run; it cannot be combined with --resume")
 
     # ----------------------------------------------------------------------------------- setup
     def _prepare_data(self) -> None:
         cfg = self.cfg
-        self.train_set = build_dataset(cfg.dataset, cfg.data_root, "train", cache=cfg.cache_data)
-        self.val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cache=cfg.cache_data)
+        # cache=True while preparing: statistics, class weights and the frame store share one decode.
+        full = build_dataset(cfg.dataset, cfg.data_root, "train", cache=True)
+        self.val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cache=False)
         # Fail before training on any bad file, listing the first offenders.
-        self.train_set.check()
+        full.check()
         self.val_set.check()
-        self.spec = self.train_set.spec
+        self.spec = full.spec
+        self.holdout_set: Optional[SegmentationDataset] = None
+        if cfg.select == "holdout":
+            keep, held = holdout_split(len(full), cfg.holdout)
+            self.train_set = SegmentationDataset([full.pairs[i] for i in keep], full.spec, cache=True)
+            self.holdout_set = SegmentationDataset([full.pairs[i] for i in held], full.spec)
+        else:
+            self.train_set = full
         per_rank = len(self.train_set) // self.world
-        if per_rank < cfg.batch_size // self.world:
+        largest = max(cfg.batch_size, cfg.encoder_batch_size)
+        if per_rank < largest // self.world:
             raise ValueError("training set {} has {} frames: too few for a global batch of {} ({} per process); "
-                             "lower --batch-size".format(cfg.data_root, len(self.train_set), cfg.batch_size,
-                                                         cfg.batch_size // self.world))
+                             "lower --batch-size".format(cfg.data_root, len(self.train_set), largest,
+                                                         largest // self.world))
         stats_file = self.out / "dataset_stats.json"
         if stats_file.is_file():
             stats = json.loads(stats_file.read_text())
@@ -204,11 +296,26 @@ class Trainer:
             if self.is_main:
                 _write_atomic(stats_file, json.dumps(stats))
         self.norm = Normalization(channel_order="rgb", mean=stats["mean"], std=stats["std"], scale=1.0)
+        # Training and validation inputs are normalised as inference does (one source of truth).
+        self.pre = Preprocess(input_size=tuple(cfg.size), channel_order=self.norm.channel_order,
+                              mean=tuple(self.norm.mean), std=tuple(self.norm.std), scale=self.norm.scale)
+        self._mean = torch.tensor(self.pre.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._factor = torch.from_numpy(self.pre.factor).to(self.device).view(1, 3, 1, 1)
         label_paths = [lab for _, lab in self.train_set.pairs]
         weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
                                        lambda i: self.train_set.load(i)[1], self.out.parent / ".class_weights",
                                        c=cfg.weighting_c)
         self.class_weights = torch.tensor(weights, device=self.device) if weights is not None else None
+        # Decode once: uint8 tensors on the training device (host memory with --no-cache).
+        t0 = time.time()
+        store_device = self.device if cfg.cache_data else torch.device("cpu")
+        self.train_store = FrameStore(self.train_set, cfg.size, store_device)
+        self.val_store = FrameStore(self.val_set, cfg.size, store_device)
+        self.holdout_store = (FrameStore(self.holdout_set, cfg.size, store_device)
+                              if self.holdout_set is not None else None)
+        log.info("decoded %d train + %d val frames in %.1f s (%s)", len(self.train_store), len(self.val_store),
+                 time.time() - t0, store_device)
+        self.train_set.clear_cache()
         if self.is_main:
             (self.out / "class_weights.json").write_text(json.dumps({"kind": cfg.class_weighting, "c": cfg.weighting_c,
                                                                      "weights": weights}))
@@ -225,17 +332,34 @@ class Trainer:
             log.info("initialised from %s (%d missing, %d unexpected keys)", cfg.init, len(missing), len(unexpected))
         if cfg.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(self.device)
-        if self.device.type == "cpu":
-            # Measured here: channels_last halves ENet's CPU training step (0.8 s vs 1.4 s, batch 4).
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        # channels_last: measured here, it halves ENet's CPU training step (0.8 s vs 1.4 s,
+        # batch 4); on CUDA it is the layout of the bf16 tensor-core convolutions.
+        return model.to(self.device).to(memory_format=torch.channels_last)
 
     def _stages(self) -> List[str]:
         return {"both": ["encoder", "decoder"], "encoder": ["encoder"], "decoder": ["decoder"]}[self.cfg.stages]
 
     def _stage_epochs(self, stage: str) -> int:
         return self.cfg.encoder_epochs if stage == "encoder" else self.cfg.epochs
+
+    def _stage_batch(self, stage: str) -> int:
+        """Global batch of ``stage`` (the ESPNet recipe trains ESPNet-C with a larger one)."""
+        return self.cfg.encoder_batch_size if stage == "encoder" else self.cfg.batch_size
+
+    def _passes(self) -> List[_Pass]:
+        """The passes of one epoch: one random-scale crop pass, or one pass per epoch scale."""
+        cfg = self.cfg
+        ignore = self.spec.ignore_index
+        if not cfg.epoch_scales:
+            return [_Pass(BatchAugment(cfg.size, ignore, tuple(cfg.scale_range),
+                                       crop_size=tuple(cfg.crop) if cfg.crop else None,
+                                       color_jitter=cfg.color_jitter), 0)]
+        passes = []
+        for k, scale in enumerate(cfg.epoch_scales):
+            out = (max(8, int(round(cfg.size[0] * scale))), max(8, int(round(cfg.size[1] * scale))))
+            passes.append(_Pass(BatchAugment(cfg.size, ignore, (scale * MULTISCALE_ZOOM[0], scale * MULTISCALE_ZOOM[1]),
+                                             crop_size=out, color_jitter=cfg.color_jitter), k))
+        return passes
 
     def _optimizer(self, model: nn.Module):
         cfg = self.cfg
@@ -247,6 +371,7 @@ class Trainer:
         if self.cfg.schedule == "poly":
             return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / max(1, epochs)) ** 0.9)
         if self.cfg.schedule == "step":
+            # Halve every third of the schedule: every 100 epochs of the papers' 300.
             return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.5)
         if self.cfg.schedule == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=5)
@@ -282,75 +407,168 @@ class Trainer:
         # DDP averages gradients over ranks, so scale by the world size to get sum / global count.
         return loss_sum * self.world / denom.clamp(min=1)
 
-    def _train_epoch(self, model, loader, opt, scaler, stage: str, epoch: int) -> Tuple[float, int]:
+    def _batch(self, p: _Pass, indices: Sequence[int], stage_index: int, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Augmented, normalised batch of ``indices`` (frames of the train store) on the device."""
+        cfg = self.cfg
+        params = []
+        for i in indices:
+            key = [cfg.seed, stage_index, epoch, int(i)] + ([p.index] if p.index else [])
+            params.append(p.augment.draw(np.random.default_rng(key)))
+        idx = torch.as_tensor(list(indices), device=self.train_store.images.device)
+        images, labels = self.train_store.images[idx], self.train_store.labels[idx]
+        x, y = p.augment(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), params)
+        return self._normalize(x), y
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
+        if self.pre.swap_rb("rgb"):
+            x = x.flip(1)
+        return ((x - self._mean) * self._factor).contiguous(memory_format=torch.channels_last)
+
+    def _step(self, model, opt, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
+        """One optimiser step; returns the (detached) loss."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = model(x)
+        if stage == "encoder":
+            # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
+            y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
+        loss = self._loss(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def _pass_order(self, sampler: DistributedSampler, p: _Pass, stage_index: int, epoch: int) -> List[int]:
+        # Pass 0 keeps the single-pass epoch's sampler seed (runs without epoch scales unchanged).
+        sampler.set_epoch(epoch + 1000 * stage_index + 100000 * p.index)
+        return list(iter(sampler))
+
+    def _steps(self, order_len: int, per_rank: int) -> int:
+        steps = order_len // per_rank
+        return min(steps, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else steps
+
+    def _train_epoch(self, model, opt, sampler, passes: List[_Pass], stage: str, stage_index: int,
+                     epoch: int) -> Tuple[float, int]:
         from tqdm import tqdm
 
         model.train()
         if self.cfg.freeze_bn:
             _freeze_batchnorm(model)
-        total, shown, count, images = 0.0, 0.0, 0, 0
-        steps = len(loader) if not self.cfg.max_steps_per_epoch else min(len(loader), self.cfg.max_steps_per_epoch)
-        bar = tqdm(loader, total=steps, disable=not self.is_main, desc="{} {}".format(stage, epoch),
+        per_rank = self._stage_batch(stage) // self.world
+        orders = [self._pass_order(sampler, p, stage_index, epoch) for p in passes]
+        total_steps = sum(self._steps(len(o), per_rank) for o in orders)
+        losses: List[torch.Tensor] = []
+        images = 0
+        bar = tqdm(total=total_steps, disable=not self.is_main, desc="{} {}".format(stage, epoch),
                    mininterval=10.0, dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
-            if step >= steps:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.cfg.amp and self.device.type == "cuda"):
-                out = model(x)
-                if stage == "encoder":
-                    # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
-                    y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
-                loss = self._loss(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            # Each rank's loss is its share of the global loss times the world size (see _loss).
-            step_loss = float(loss.detach())
-            total += step_loss / self.world
-            shown += step_loss
-            count += 1
-            images += x.shape[0] * self.world
-            bar.set_postfix(loss="{:.4f}".format(shown / count), lr="{:.2e}".format(opt.param_groups[0]["lr"]))
+        for p, order in zip(passes, orders):
+            for step in range(self._steps(len(order), per_rank)):
+                x, y = self._batch(p, order[step * per_rank:(step + 1) * per_rank], stage_index, epoch)
+                losses.append(self._step(model, opt, x, y, stage))
+                images += x.shape[0] * self.world
+                bar.update(1)
+        bar.close()
+        # One host sync per epoch, not per step (a per-step float() stalls the GPU queue).
+        # Each rank's loss is its share of the global loss times the world size (see _loss).
+        total = float(torch.stack(losses).double().sum()) / self.world if losses else 0.0
         if self.world > 1:
             summed = torch.tensor([total], dtype=torch.float64, device=self.device)
             dist.all_reduce(summed)
             total = float(summed)
-        return total / max(1, count), images
+        return total / max(1, len(losses)), images
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, stage: str) -> Dict[str, Any]:
-        """Mean IoU etc. on the validation split (encoder stage: on labels at 1/stride)."""
+    def validate(self, model: nn.Module, stage: str, store: Optional[FrameStore] = None) -> Dict[str, Any]:
+        """Mean IoU etc. on the validation split (or ``store``); encoder stage: on labels at 1/stride."""
         net = model.module if hasattr(model, "module") else model
         net.eval()
-        cm = ConfusionMatrix(self.spec.num_classes, self.spec.ignore_index)
-        for i in range(self.rank, len(self.val_set), self.world):
-            image, label = self.val_set.load(i)
-            image, label = _resize_pair(image, label, self.cfg.size)
-            x = torch.from_numpy(normalize(image, self.norm.channel_order, self.norm.mean, self.norm.std,
-                                           self.norm.scale))[None].to(self.device)
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            pred = net(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        store = self.val_store if store is None else store
+        n = self.spec.num_classes
+        counts = torch.zeros(n * n, dtype=torch.int64, device=self.device)
+        mine = list(range(self.rank, len(store), self.world))
+        for start in range(0, len(mine), 8):
+            idx = torch.as_tensor(mine[start:start + 8], device=store.images.device)
+            x = self._normalize(store.images[idx].to(self.device).float())
+            label = store.labels[idx].to(self.device).long()
+            pred = net(x).argmax(1)  # fp32: scored as the exported model runs
             if stage == "encoder":
-                h, w = pred.shape
-                import cv2
-
-                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-            cm.update(pred, label)
+                label = F.interpolate(label[:, None].float(), size=pred.shape[-2:], mode="nearest-exact")[:, 0].long()
+            valid = label < n  # ignore (and any id beyond the classes) is not scored
+            counts += torch.bincount((label[valid] * n + pred[valid]).view(-1), minlength=n * n)
         if self.world > 1:
-            m = torch.from_numpy(cm.matrix).to(self.device)
-            dist.all_reduce(m)
-            cm.matrix = m.cpu().numpy()
+            dist.all_reduce(counts)
+        cm = ConfusionMatrix.from_counts(counts.view(n, n).cpu().numpy(), ignore_index=self.spec.ignore_index)
         return cm.summary(self.spec.class_names)
+
+    # ---------------------------------------------------------------------------------- budget
+    def _fit_budget(self, model, net, sampler, passes: List[_Pass], stages: List[str]) -> Dict[str, Any]:
+        """Fit ``epochs`` / ``encoder_epochs`` so the run ends within ``budget_s`` (probe a few steps).
+
+        The probe trains a few steps per stage and pass on the real model (warming up cuDNN and
+        any compiled graph) and then restores the weights and the RNG state.
+        """
+        cfg = self.cfg
+        t_start = time.time()
+        saved = copy.deepcopy(net.state_dict())
+        rng = torch.get_rng_state()
+        probe: Dict[str, Any] = {"stages": {}}
+        per_epoch: Dict[str, float] = {}
+        for si, stage in enumerate(stages):
+            net.encoder_only = stage == "encoder"
+            opt = self._optimizer(model)
+            per_rank = self._stage_batch(stage) // self.world
+            model.train()
+            seconds = 0.0
+            rates = {}
+            for p in passes:
+                order = self._pass_order(sampler, p, si, 0)
+                steps = self._steps(len(order), per_rank)
+                timed = []
+                for k in range(min(4, steps)):
+                    _sync(self.device)
+                    t0 = time.time()
+                    x, y = self._batch(p, order[k * per_rank:(k + 1) * per_rank], si, 0)
+                    self._step(model, opt, x, y, stage)
+                    _sync(self.device)
+                    timed.append(time.time() - t0)
+                step_s = min(timed[1:]) if len(timed) > 1 else timed[0]  # the first step warms up
+                rates["{}x{}".format(p.augment.crop_w, p.augment.crop_h)] = round(per_rank * self.world / step_s, 1)
+                seconds += steps * step_s
+            t0 = time.time()
+            self.validate(model, stage)
+            val_s = time.time() - t0
+            per_epoch[stage] = seconds + val_s / max(1, cfg.val_every)
+            probe["stages"][stage] = {"images_per_second": rates, "epoch_seconds": round(per_epoch[stage], 2),
+                                      "val_seconds": round(val_s, 2)}
+        net.load_state_dict(saved)
+        torch.set_rng_state(rng)
+        # Safety margin: the probe's best-of steps are optimistic, and the end has a final
+        # validation (+ holdout) and the export.
+        left = (cfg.budget_s - (time.time() - self._t_run)) * 0.85  # decoding and the probe count too
+        planned = {"encoder": cfg.encoder_epochs, "decoder": cfg.epochs}
+        total_planned = sum(planned[s] * per_epoch[s] for s in stages)
+        factor = min(1.0, left / max(total_planned, 1e-9))
+        for stage in stages:
+            fitted = max(1, int(planned[stage] * factor))
+            if stage == "encoder":
+                cfg.encoder_epochs = fitted
+            else:
+                cfg.epochs = fitted
+        probe.update({"budget_s": cfg.budget_s, "probe_seconds": round(time.time() - t_start, 1),
+                      "planned_epochs": planned, "fitted_epochs": {s: self._stage_epochs(s) for s in stages},
+                      "device": str(self.device), "precision": self.precision})
+        log.info("budget %.0f s: probe %s; epochs %s", cfg.budget_s, json.dumps(probe["stages"]),
+                 probe["fitted_epochs"])
+        if self.is_main:
+            _write_atomic(self.out / "budget.json", json.dumps(probe, indent=2))
+            _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
+        return probe
 
     # ------------------------------------------------------------------------------------- run
     def run(self) -> Dict[str, Any]:
-        """Train every stage; returns the best validation metrics."""
+        """Train every stage; returns the metrics of the exported model (on val)."""
         cfg = self.cfg
+        t_run = self._t_run = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.resume and (self.out / CHECKPOINT).is_file():
             raise ValueError("{} already holds a run ({}): pass --resume to continue it or choose another --out"
@@ -381,21 +599,24 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        augment = TrainAugment(cfg.size, self.spec.ignore_index, tuple(cfg.scale_range),
-                               crop_size=tuple(cfg.crop) if cfg.crop else None)
-        data = _AugmentedSet(self.train_set, augment, self.norm, cfg.seed)
-        sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=True)
-        # Workers start from a fork server, not by forking this process: by now it runs threads
-        # (torch / OpenMP, and in a ROS or OpenVINO process theirs), and a forked copy of a
-        # threaded process can crash (seen: SIGSEGV with OpenVINO and rclpy loaded). Workers
-        # are not persistent so each epoch's copy of the dataset carries the new epoch number.
-        loader = DataLoader(data, batch_size=cfg.batch_size // self.world, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
-                            multiprocessing_context="forkserver" if cfg.workers > 0 else None)
+        if cfg.compile:
+            import torch._dynamo as dynamo
+
+            # Stages (encoder_only) and multi-scale passes are distinct graphs; allow them all.
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 32)
+            model = torch.compile(model)
+        passes = self._passes()
+        sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        if cfg.budget_s and ckpt is None:
+            self._fit_budget(model, net, sampler, passes, stages)
+        log.info("training %s on %s in %s, %d pass(es) per epoch, epochs %s", cfg.arch, self.device, self.precision,
+                 len(passes), {s: self._stage_epochs(s) for s in stages})
         csv_path = self.out / "log.csv"
         writer = _tensorboard(self.out / "tb") if self.is_main else None
         trained = 0  # epochs trained by this invocation (for stop_after)
+        over_budget = False
+        result: Dict[str, Any] = best
         for si in range(stage_index, len(stages)):
             if cfg.stop_after and trained >= cfg.stop_after:
                 if self.is_main:
@@ -403,75 +624,107 @@ class Trainer:
                 break
             stage = stages[si]
             net.encoder_only = stage == "encoder"
-            data.stage = si
             opt = self._optimizer(model)
             sched = self._scheduler(opt, stage)
-            scaler = torch.amp.GradScaler(enabled=cfg.amp and self.device.type == "cuda")
+            # Kept in the checkpoint for older runs' --resume; bf16 needs no loss scaling.
+            scaler = torch.amp.GradScaler(enabled=False)
             first = start_epoch if si == stage_index else 0
             if ckpt is not None and si == stage_index and "optimizer" in ckpt:
                 opt.load_state_dict(ckpt["optimizer"])
                 sched.load_state_dict(ckpt["scheduler"])
-                scaler.load_state_dict(ckpt["scaler"])
                 torch.set_rng_state(ckpt["torch_rng"].cpu())
+            last_stage = si == len(stages) - 1
             for epoch in range(first, self._stage_epochs(stage)):
                 if cfg.stop_after and trained >= cfg.stop_after:
                     if self.is_main:
                         log.info("stopping after %d epochs as asked (--stop-after); continue with --resume", trained)
                     break
                 trained += 1
-                sampler.set_epoch(epoch + 1000 * si)
-                data.epoch = epoch
                 t0 = time.time()
-                loss, images = self._train_epoch(model, loader, opt, scaler, stage, epoch)
+                loss, images = self._train_epoch(model, opt, sampler, passes, stage, si, epoch)
+                _sync(self.device)
                 seconds = time.time() - t0
                 train_time += seconds
                 lr = opt.param_groups[0]["lr"]
-                metrics: Dict[str, Any] = {}
                 last_epoch = epoch == self._stage_epochs(stage) - 1
+                if cfg.budget_s and not last_epoch and time.time() - t_run > cfg.budget_s:
+                    log.warning("over the %.0f s budget after %s epoch %d: stopping here and exporting",
+                                cfg.budget_s, stage, epoch)
+                    over_budget = last_epoch = True
+                metrics: Dict[str, Any] = {}
+                held: Dict[str, Any] = {}
                 if (epoch + 1) % cfg.val_every == 0 or last_epoch:
                     metrics = self.validate(model, stage)
+                    if self.holdout_store is not None:
+                        held = self.validate(model, stage, self.holdout_store)
                 if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     if metrics:
-                        sched.step(metrics["miou"] or 0.0)
+                        sched.step((held or metrics)["miou"] or 0.0)
                 else:
                     sched.step()
-                improved = (stage == stages[-1] and metrics and (metrics["miou"] or 0) > best["miou"])
-                if improved:
-                    best = dict(metrics, epoch=epoch, stage=stage)
+                chosen = {"val": metrics, "holdout": held}.get(cfg.select)
+                if last_stage and metrics and (
+                        (cfg.select == "last" and last_epoch)
+                        or (cfg.select != "last" and (chosen["miou"] or 0) > best["miou"])):
+                    best = dict(chosen if cfg.select != "last" else metrics, epoch=epoch, stage=stage)
+                    result = dict(metrics, epoch=epoch, stage=stage)
                     if self.is_main:
-                        self._export_best(net, best, train_time)
+                        self._export(net, metrics, held, epoch, stage, train_time, over_budget)
                 if self.is_main:
                     row = {"stage": stage, "epoch": epoch, "train_loss": round(loss, 5), "lr": lr,
                            "val_miou": metrics.get("miou"), "val_pixel_accuracy": metrics.get("pixel_accuracy"),
                            "epoch_seconds": round(seconds, 1), "images_per_second": round(images / max(seconds, 1e-9), 2)}
+                    if self.holdout_store is not None:
+                        row["holdout_miou"] = held.get("miou")
                     _append_csv(csv_path, row)
                     if writer is not None:
-                        for key in ("train_loss", "lr", "val_miou", "images_per_second"):
-                            if row[key] is not None:
+                        for key in ("train_loss", "lr", "val_miou", "holdout_miou", "images_per_second"):
+                            if row.get(key) is not None:
                                 writer.add_scalar("{}/{}".format(stage, key), row[key], epoch)
-                    log.info("%s epoch %d: loss %.4f lr %.2e val mIoU %s (%.0f s)", stage, epoch, loss, lr,
-                             "-" if not metrics else "{:.4f}".format(metrics["miou"] or 0), seconds)
+                    log.info("%s epoch %d: loss %.4f lr %.2e val mIoU %s (%.0f s, %.1f images/s)", stage, epoch, loss,
+                             lr, "-" if not metrics else "{:.4f}".format(metrics["miou"] or 0), seconds,
+                             images / max(seconds, 1e-9))
                 self._save_checkpoint({
                     "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "stage_index": si,
                     "epoch": epoch, "best": json.dumps(best), "train_time": train_time,
                 })
+                if over_budget:
+                    break
             ckpt = None
+            if over_budget:
+                break
         if writer is not None:
             writer.close()
-        return best
+        return result
 
-    def _export_best(self, net: nn.Module, best: Dict[str, Any], train_time: float) -> None:
+    def _export(self, net: nn.Module, val: Dict[str, Any], held: Dict[str, Any], epoch: int, stage: str,
+                train_time: float, over_budget: bool) -> None:
+        """Write ``best.safetensors`` (+ card): the selected model and its val scores."""
         cfg = self.cfg
+        protocol = {
+            "select": cfg.select,
+            "selected_on": {"last": "nothing (fixed schedule, last epoch exported)",
+                            "holdout": "{} frames held out of train".format(cfg.holdout),
+                            "val": "val (optimistic: the reported val score also chose the checkpoint)"}[cfg.select],
+            "scored_on": "val",
+            "hyper_parameters": "recipe {} (not tuned on val by this run)".format(cfg.recipe),
+        }
+        if cfg.select == "holdout":
+            protocol["holdout_frames"] = [p[0].name for p in self.holdout_set.pairs]
+        metrics = {"split": "val", "stage": stage, "epoch": epoch, "protocol": protocol,
+                   "train_time_s": round(train_time, 1), "precision": self.precision,
+                   "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                   "val_mean_class_accuracy": val["mean_class_accuracy"], "val_class_iou": val["class_iou"],
+                   "params": count_parameters(net)}
+        if held:
+            metrics["holdout_miou"] = held["miou"]
+        if over_budget:
+            metrics["stopped_early"] = "over the --budget-s wall budget"
         card = ModelCard.for_dataset(
             cfg.arch, self.spec, list(cfg.size), normalization=self.norm, options=dict(cfg.options),
             recipe={k: v for k, v in asdict(cfg).items() if k not in ("out", "data_root")},
-            metrics={"split": "val", "stage": best["stage"], "epoch": best["epoch"],
-                     "train_time_s": round(train_time, 1),
-                     "val_miou": best["miou"], "val_pixel_accuracy": best["pixel_accuracy"],
-                     "val_mean_class_accuracy": best["mean_class_accuracy"], "val_class_iou": best["class_iou"],
-                     "params": count_parameters(net)},
-            source="trained with enet_seg_ros (enet-seg train)",
+            metrics=metrics, source="trained with enet_seg_ros (enet-seg train)",
         )
         was = net.encoder_only
         net.encoder_only = False
@@ -479,15 +732,10 @@ class Trainer:
         net.encoder_only = was
 
 
-def _resize_pair(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]):
-    """Bring a validation frame to the model input size (labels nearest, as at inference)."""
-    import cv2
-
-    w, h = int(size[0]), int(size[1])
-    if image.shape[1] == w and image.shape[0] == h:
-        return image, label
-    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT))
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work (timing); no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _trim_log(path: Path, stages: List[str], stage_index: int, epoch: int) -> None:

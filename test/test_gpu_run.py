@@ -1,0 +1,59 @@
+"""``benchmarks/gpu_run.sh --smoke`` on this CPU: the GPU run's whole chain (untar the CamVid JPEG
+tar, train the three networks concurrently with the paper recipe and a wall budget, score on
+val, pack one tarball) with 1 step per pass, as the GPU machine runs it: rclpy, OpenVINO,
+TensorRT, rosbags and torchvision made unimportable."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from enet_seg_ros.weights import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+TAR = (REPO / ".." / "shared" / "data" / "camvid_jpeg95.tar").resolve()
+ABSENT_ON_GPU_MACHINE = ("rclpy", "openvino", "tensorrt", "rosbags", "torchvision", "cityscapesscripts")
+
+pytestmark = pytest.mark.skipif(not TAR.is_file(), reason="shared data {} not present".format(TAR))
+
+
+def test_gpu_run_smoke(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ABSENT_ON_GPU_MACHINE:
+        (blocked / (name + ".py")).write_text("raise ModuleNotFoundError('not on the GPU machine: {}')\n".format(name))
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(blocked), TMPDIR=str(tmp_path))
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--smoke", "--out", str(out),
+                           "--data", str(TAR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    tarballs = list(out.glob("gpu_run_*.tar.gz"))
+    assert len(tarballs) == 1
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(tarballs[0]) as tar:
+        tar.extractall(unpacked)
+    (pack,) = list(unpacked.iterdir())
+    summary = json.loads((pack / "summary.json").read_text())
+    assert summary["train_exit_code"] == 0 and summary["smoke"]
+    for arch in ("enet", "espnet", "erfnet"):
+        run = pack / "runs" / arch
+        model, card = load_model(run / "best.safetensors")
+        assert card.arch == arch and card.dataset == "camvid" and card.input_size == [96, 72]
+        assert card.metrics["protocol"]["select"] == "last" and 0 <= card.metrics["val_miou"] <= 1
+        assert card.recipe["recipe"] == "paper" and card.recipe["epoch_scales"] == [0.5, 1.5]
+        assert json.loads((run / "best.card.json").read_text())["arch"] == arch
+        rows = (run / "log.csv").read_text().splitlines()
+        assert rows[0].startswith("stage,epoch") and len(rows) == 3  # header + encoder + decoder epoch
+        probe = json.loads((run / "budget.json").read_text())
+        assert set(probe["stages"]) == {"encoder", "decoder"}
+        assert summary["archs"][arch]["val_miou"] == card.metrics["val_miou"]
+    assert (pack / "runs" / "enet" / "eval_val" / "metrics.json").is_file()  # scored via the inference path
+    logs = {p.name for p in (pack / "logs").iterdir()}
+    assert {"train.log", "gpu_run.log", "env.txt", "pytest_gpu.log"} <= logs
+    train_log = (pack / "logs" / "train.log").read_text()
+    assert "ModuleNotFoundError" not in train_log and "Traceback" not in train_log
