@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ..engine.quantize import DEFAULT_CALIBRATION_FRAMES, QuantSettings, tensor_digest
+from ..engine.quantize import DEFAULT_CALIBRATION_FRAMES, QuantSettings, cpu_int8_class, tensor_digest
 from ..io.files import IMAGE_SUFFIXES
 from .metrics import ConfusionMatrix
 
@@ -176,6 +176,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "miou_fp32": round(result["reference_miou"], 5),
         "criteria": {"max_miou_drop_pt": max_drop_pt, "min_agreement_vs_fp32": min_agreement},
         "weights_digest": tensor_digest(source.model),
+        "cpu_int8_class": cpu_int8_class(),
         "date": datetime.date.today().isoformat(),
     }
 
