@@ -32,3 +32,24 @@ def make_test_weights(path: Path, arch: str = "enet", input_size=(160, 120), see
     torch.manual_seed(seed)
     model = build_model(arch, len(CAMVID.class_names))
     return save_model(path, model, ModelCard.for_dataset(arch, CAMVID, list(input_size)))
+
+
+def shipped_model(arch: str, size, bilinear: bool = False):
+    """A shipped CamVid model (trained: its labels are not near-ties as with random weights), in
+    eval mode, with its card set to input ``size`` (and bilinear label upsampling if asked)."""
+    import dataclasses
+
+    from enet_seg_ros.weights import REPO_MODELS_DIR, load_model
+
+    card_changes = {"input_size": list(size)}
+    if bilinear:
+        card_changes["label_upsampling"] = "bilinear"
+    model, card = load_model(REPO_MODELS_DIR / "{}_camvid.safetensors".format(arch))
+    return model.eval(), dataclasses.replace(card, **card_changes)
+
+
+def street_frames(size, n: int = 3) -> list:
+    """Street-like RGB frames (sky, buildings, road, boxes, noise) of ``size``, one seed each."""
+    from enet_seg_ros.bench.runner import synthetic_frame
+
+    return [synthetic_frame(size[0], size[1], seed=i) for i in range(n)]

@@ -6,37 +6,27 @@ missing. Labels are compared with the torch CPU fp32 reference on a real-looking
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from enet_seg_ros.bench.runner import synthetic_frame
 from enet_seg_ros.engine import Segmenter
-from enet_seg_ros.weights import load_model
+from model_fixtures import shipped_model, street_frames
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device (torch.cuda.is_available() is False)")
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("enet", "erfnet", "espnet")
 SIZE = (320, 192)
 
 
 def _model(arch: str, bilinear: bool = False):
-    """The shipped CamVid weights (trained: labels are not near-ties as with random weights)."""
-    card_changes = {"input_size": list(SIZE)}
-    if bilinear:
-        card_changes["label_upsampling"] = "bilinear"
-    model, card = load_model(REPO / "models" / "{}_camvid.safetensors".format(arch))
-    return model.eval(), dataclasses.replace(card, **card_changes)
+    return shipped_model(arch, SIZE, bilinear)
 
 
 def _frames(n: int = 3, size=SIZE) -> list:
-    """Street-like RGB frames (sky, buildings, road, boxes, noise), one seed each."""
-    return [synthetic_frame(size[0], size[1], seed=i) for i in range(n)]
+    return street_frames(size, n)
 
 
 def _cpu_labels(model, card, frames):

@@ -5,41 +5,31 @@ Never run yet (no GPU with TensorRT was available while writing it): see README,
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from enet_seg_ros.bench.runner import synthetic_frame
 from enet_seg_ros.engine import Segmenter
 from enet_seg_ros.engine.backends.tensorrt_backend import ENGINE_SUFFIX, have_torch2trt, tensorrt_status
-from enet_seg_ros.weights import load_model
+from model_fixtures import shipped_model, street_frames
 
 _OK, _WHY = tensorrt_status()
 pytestmark = pytest.mark.skipif(not _OK, reason="TensorRT not usable here: {}".format(_WHY))
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("enet", "erfnet", "espnet")
 SIZE = (256, 128)
 
 
 def _model(arch: str, bilinear: bool = False):
-    """The shipped CamVid weights (trained: labels are not near-ties as with random weights)."""
-    card_changes = {"input_size": list(SIZE)}
-    if bilinear:
-        card_changes["label_upsampling"] = "bilinear"
-    model, card = load_model(REPO / "models" / "{}_camvid.safetensors".format(arch))
-    return model.eval(), dataclasses.replace(card, **card_changes)
+    return shipped_model(arch, SIZE, bilinear)
 
 
 def _frames(n: int = 3, size=SIZE) -> list:
-    """Street-like RGB frames (sky, buildings, road, boxes, noise), one seed each."""
-    return [synthetic_frame(size[0], size[1], seed=i) for i in range(n)]
+    return street_frames(size, n)
 
 
 def _trt(model, card, cache, **kw):

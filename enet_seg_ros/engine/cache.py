@@ -100,6 +100,15 @@ class ArtifactCache:
             return None, "content hash mismatch (file corrupt or modified)"
         return path, ""
 
+    def find(self, fields: Dict[str, Any], suffix: str, what: str) -> Optional[Path]:
+        """The verified artefact, else ``None``; a stale or corrupt entry is logged and deleted
+        so the caller rebuilds it (``what`` names it in the log, e.g. ``"int8 ONNX for enet"``)."""
+        path, reason = self.lookup(fields, suffix)
+        if path is None and reason != "missing":
+            LOG.warning("cached %s is stale or corrupt (%s); rebuilding", what, reason)
+            self.discard(fields, suffix)
+        return path
+
     def store(self, fields: Dict[str, Any], suffix: str, data: bytes, env: Optional[Dict[str, Any]] = None,
               info: Optional[Dict[str, Any]] = None) -> Path:
         """Write ``data`` atomically with its sidecar; returns the artefact path.

@@ -133,12 +133,9 @@ def int8_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
     digest = request.digest()
     fields = int8_fields(source, input_size, output, with_confidence, argmax, flavour, digest, settings,
                          resize_policy)
-    path, reason = cache.lookup(fields, ".onnx")
+    path = cache.find(fields, ".onnx", "int8 ONNX for {}".format(source.arch))
     if path is not None:
         return path
-    if reason != "missing":
-        LOG.warning("cached int8 ONNX for %s is stale or corrupt (%s); rebuilding", source.arch, reason)
-        cache.discard(fields, ".onnx")
     from .export import export_onnx_bytes
 
     frames = model_frames(calibration_images(cache, request), source, input_size, resize_policy)
@@ -339,13 +336,9 @@ def tensor_digest(model) -> str:
     """
     import hashlib
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        arr = tensor.detach().cpu().contiguous().numpy()
-        digest.update(name.encode())
-        digest.update(str((arr.dtype.str, arr.shape)).encode())
-        digest.update(np.ascontiguousarray(arr).tobytes())
-    return digest.hexdigest()
+    from .source import hash_tensors
+
+    return hash_tensors(hashlib.sha256(), model).hexdigest()
 
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.

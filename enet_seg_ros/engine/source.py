@@ -60,10 +60,14 @@ def state_digest(model, card: ModelCard) -> str:
     """SHA-256 over a model's state dict (names, shapes, bytes) and its card (without ``precisions``)."""
     card_data = json.loads(card.to_json())
     card_data.pop("precisions", None)
-    digest = hashlib.sha256(json.dumps(card_data, sort_keys=True).encode())
+    return hash_tensors(hashlib.sha256(json.dumps(card_data, sort_keys=True).encode()), model).hexdigest()
+
+
+def hash_tensors(digest, model):
+    """Feed a model's state dict (sorted names, dtypes, shapes, bytes) into ``digest``; returns it."""
     for name, tensor in sorted(model.state_dict().items()):
         arr = tensor.detach().cpu().contiguous().numpy()
         digest.update(name.encode())
         digest.update(str((arr.dtype.str, arr.shape)).encode())
         digest.update(np.ascontiguousarray(arr).tobytes())
-    return digest.hexdigest()
+    return digest

@@ -51,12 +51,9 @@ def fp32_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
               with_confidence: bool = False, argmax: str = "native") -> Path:
     """The cached fp32 inference graph, exported (and stored) when missing, stale or corrupt."""
     fields = onnx_fields(source, input_size, output, with_confidence, argmax)
-    path, reason = cache.lookup(fields, ".onnx")
+    path = cache.find(fields, ".onnx", "ONNX for {}".format(source.arch))
     if path is not None:
         return path
-    if reason != "missing":
-        LOG.warning("cached ONNX for %s is stale or corrupt (%s); rebuilding", source.arch, reason)
-        cache.discard(fields, ".onnx")
     return cache.store(fields, ".onnx", export_onnx_bytes(source, input_size, output=output,
                                                           with_confidence=with_confidence, argmax=argmax))
 
@@ -167,13 +164,8 @@ class OnnxRuntimeBackend(Backend):
         return path
 
     def _ensure_onnx(self) -> Path:
-        path, reason = self.cache.lookup(self.fields, ".onnx")
-        if path is not None:
-            return path
-        if reason != "missing":
-            LOG.warning("cached ONNX for %s is stale or corrupt (%s); rebuilding", self.fields["arch"], reason)
-            self.cache.discard(self.fields, ".onnx")
-        return self._build()
+        path = self.cache.find(self.fields, ".onnx", "ONNX for {}".format(self.fields["arch"]))
+        return path if path is not None else self._build()
 
     def _build(self) -> Path:
         args = self._build_args
