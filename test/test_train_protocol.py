@@ -3,11 +3,9 @@ holdout / val) recorded in the card, the paper recipe with multi-scale epochs, s
 one command (in turn and concurrently), the wall-budget fit, bf16 detection from CPU flags."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from enet_seg_ros import cli
 from enet_seg_ros.train.trainer import TrainConfig, cpu_has_bf16, holdout_split
 from enet_seg_ros.weights import load_model
 from test_datasets import make_camvid
+from test_train import read_log
 
 BASE = ["--size", "64x48", "--batch-size", "4", "--threads", "1"]
 
@@ -23,11 +22,6 @@ BASE = ["--size", "64x48", "--batch-size", "4", "--threads", "1"]
 def train(root: Path, out: Path, *extra: str, arch: str = "enet") -> int:
     return cli.main(["train", "--dataset", "camvid", "--data-root", str(root), "--out", str(out), "--arch", arch,
                      *BASE, *extra])
-
-
-def read_log(out: Path) -> List[Dict[str, str]]:
-    with open(out / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
