@@ -188,3 +188,168 @@ def test_an_int8_record_counts_only_on_the_cpu_class_it_was_validated_on(camvid_
     # Asked for explicitly, int8 still runs (the user's choice).
     assert Segmenter(weights, backend="onnxruntime", precision="int8", strict=True, cache_dir=cache,
                      warmup=0).precision == "int8"
+
+
+def _max_int8_weight(path: Path) -> int:
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+
+def _openvino_available() -> bool:
+    from enet_seg_ros.engine.backends.openvino_backend import openvino_status
+
+    return openvino_status()[0]
+
+
+_OV_CHILD = """
+import json, sys
+import numpy as np
+import openvino as ov
+graph, frames, out = sys.argv[1:4]
+core = ov.Core()
+compiled = core.compile_model(core.read_model(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+data = np.load(frames)["frames"]
+np.save(out, np.stack([compiled({0: f[None]})[compiled.outputs[0]][0] for f in data]))
+kinds = sorted({op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ops()
+                if op.get_rt_info()["layerType"].astype(str) == "Convolution"})
+print(json.dumps(kinds))
+"""
+
+
+def test_seven_bit_weights_fit_in_64_and_compute_the_same_with_and_without_vnni(tmp_path, calib_dir):
+    """7-bit weights (|w| <= 64) cannot saturate the 16-bit pair sums of non-VNNI int8 kernels:
+    OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 (its jit_avx2 int8 kernels) gives the logits it gives here."""
+    import subprocess
+    import sys
+
+    from enet_seg_ros.engine.quantize import cpu_int8_class
+
+    source = load_source(_weights(tmp_path))
+    cache = ArtifactCache(tmp_path / "cache", "onnx")
+    seven_settings = QuantSettings(weight_bits=7)
+    eight = int8_onnx(cache, source, (96, 64), Int8Request(calib_dir, limit=4), output="logits")
+    seven = int8_onnx(cache, source, (96, 64), Int8Request(calib_dir, limit=4, settings=seven_settings),
+                      output="logits")
+    assert seven != eight  # its own cache entry
+    assert _max_int8_weight(eight) == 127 and _max_int8_weight(seven) == 64
+    # Settings made before weight_bits existed keep their cache keys / card records.
+    assert "weight_bits" not in QuantSettings().to_dict()
+    assert QuantSettings.from_dict(seven_settings.to_dict()) == seven_settings
+    assert QuantSettings.from_dict(QuantSettings().to_dict()).weight_bits == 8
+    with pytest.raises(ValueError, match="weight_bits"):
+        QuantSettings(weight_bits=6)
+    if not _openvino_available():
+        pytest.skip("openvino not installed: the AVX2 half needs it")
+    if cpu_int8_class(honour_cap=False) != "vnni":
+        pytest.skip("this CPU has no VNNI: nothing to compare the AVX2 kernels with")
+    frames = tmp_path / "frames.npz"
+    np.savez(frames, frames=np.stack([synthetic_frame(96, 64, seed=s) for s in range(3)]))
+    script = tmp_path / "ov_child.py"
+    script.write_text(_OV_CHILD)
+    runs = {}
+    for name, cap in (("native", None), ("avx2", "AVX2")):
+        env = {k: v for k, v in __import__("os").environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+        if cap:
+            env["ONEDNN_MAX_CPU_ISA"] = cap
+        out = tmp_path / "{}.npy".format(name)
+        proc = subprocess.run([sys.executable, str(script), str(seven), str(frames), str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = (np.load(out), json.loads(proc.stdout.strip().splitlines()[-1]))
+    # Under the limit the convolutions ran oneDNN's AVX2 int8 kernels, nothing wider.
+    assert any("avx2" in k and "I8" in k for k in runs["avx2"][1]), runs["avx2"][1]
+    assert not any("avx512" in k or "amx" in k for k in runs["avx2"][1]), runs["avx2"][1]
+    native, limited = runs["native"][0], runs["avx2"][0]
+    # Same integers; only the float epilogues (other vector widths) may round differently.
+    assert np.abs(native - limited).max() <= 1e-3 * np.abs(native).max()
+
+
+def test_guard_validates_under_the_avx2_limit_and_the_card_keeps_one_record_per_cpu_class(
+        camvid_root, tmp_path, calib_dir, monkeypatch):
+    from enet_seg_ros.engine.quantize import cpu_int8_class, int8_records, validated_precisions
+    from enet_seg_ros.evaluate.precision_guard import record_int8
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native = cpu_int8_class()
+    weights = _weights(tmp_path, seed=1)
+    cache = tmp_path / "cache"
+    loose = dict(size=(96, 64), cache_dir=cache, frame_limit=2, calibration_limit=4, max_drop_pt=100.0,
+                 min_agreement=0.0)
+    backends = ("onnxruntime", "openvino") if _openvino_available() else ("onnxruntime",)
+    here = validate_int8(weights, calib_dir, camvid_root / "val", backends=("onnxruntime",), **loose)
+    assert here["cpu_int8_class"] == native and here["isa_limit"] is None
+    # The AVX2 record: 7-bit weights, validated in a child process with the oneDNN ISA limited.
+    seven = QuantSettings(weight_bits=7)
+    avx2 = validate_int8(weights, calib_dir, camvid_root / "val", backends=backends, settings=seven, isa="AVX2",
+                         **loose)
+    assert avx2["cpu_int8_class"] == "avx2" and avx2["isa_limit"] == "AVX2"
+    assert avx2["quantization"]["weight_bits"] == 7 and set(avx2["backends"]) == set(backends)
+    if native == "vnni":  # ONNX Runtime ignored the limit: accepted for 7-bit weights only, and said so
+        assert "ignores ONEDNN_MAX_CPU_ISA" in avx2["backends"]["onnxruntime"]["isa_note"]
+        eight = validate_int8(weights, calib_dir, camvid_root / "val", backends=("onnxruntime",), isa="AVX2", **loose)
+        assert not eight["accepted"] and "8-bit weights may saturate" in eight["unavailable"]["onnxruntime"]
+    with pytest.raises(ValueError, match="isa"):
+        validate_int8(weights, calib_dir, camvid_root / "val", isa="SSE9", **loose)
+    # One record per class in the card: the first stays at the top (readers of precisions.int8
+    # keep reading it), another class goes under by_cpu_class; re-recording a class replaces it.
+    record_int8(weights, here)
+    record_int8(weights, avx2)
+    card = read_card(weights).precisions["int8"]
+    assert card["cpu_int8_class"] == native
+    assert sorted(r["cpu_int8_class"] for r in int8_records(card)) == sorted({native, "avx2"})
+    record_int8(weights, here)
+    assert sorted(r["cpu_int8_class"] for r in int8_records(read_card(weights).precisions["int8"])) == sorted(
+        {native, "avx2"})
+    card_json = json.loads(weights.with_name("enet_small.card.json").read_text())
+    assert card_json["precisions"]["int8"] == read_card(weights).precisions["int8"]
+    # precision auto takes the record of this CPU's class: 7-bit weights under the AVX2 limit.
+    assert "weight_bits" not in validated_precisions(load_source(weights))["int8"]["quantization"] or native == "avx2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    chosen = validated_precisions(load_source(weights))["int8"]
+    assert chosen["cpu_int8_class"] == "avx2" and chosen["quantization"]["weight_bits"] == 7
+    seg = Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=cache, warmup=0, auto_probe=False)
+    assert seg.precision == "int8", seg.selection_reason
+    meta = {p.key: p.value for p in onnx.load(str(seg.backend.path)).metadata_props}
+    assert "'weight_bits': 7" in meta["enet_seg_ros.quantization"]
+
+
+def test_precision_auto_measures_the_validated_candidates_once_and_caches_the_choice(
+        camvid_root, tmp_path, calib_dir, monkeypatch):
+    from enet_seg_ros.evaluate.precision_guard import record_int8
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    weights = _weights(tmp_path, seed=1)
+    cache = tmp_path / "cache"
+    record = validate_int8(weights, calib_dir, camvid_root / "val", backends=("onnxruntime",), size=(96, 64),
+                           cache_dir=cache, frame_limit=2, calibration_limit=4, max_drop_pt=100.0, min_agreement=0.0)
+    record_int8(weights, record)
+    common = dict(backend="onnxruntime", strict=True, cache_dir=cache, warmup=0)
+    seg = Segmenter(weights, auto_probe=True, **common)
+    measured = seg.backend.selection["measured"]
+    assert measured and measured["cached"] is False and set(measured["ms"]) == {"int8", "fp32"}
+    # The choice is the faster of the two as measured (ties: the static order), whichever it is.
+    assert seg.precision == min(("int8", "fp32"), key=lambda p: measured["ms"][p])
+    assert "fastest of the validated candidates" in seg.selection_reason and "measured now" in seg.selection_reason
+    stored = [p for p in (cache / "autoprobe").glob("*.json") if not p.name.endswith(".json.json")]
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["ms"] == measured["ms"]
+    assert seg.segment(synthetic_frame(96, 64)).labels.shape == (64, 96)
+    # A later start reuses the measurement (nothing re-timed) and builds the same precision.
+    again = Segmenter(weights, auto_probe=True, **common)
+    assert again.precision == seg.precision and again.backend.selection["measured"]["cached"] is True
+    assert "measured at the first start, cached" in again.selection_reason
+    # Anything the timing depends on (here the thread count) keys its own measurement.
+    other = Segmenter(weights, auto_probe=True, threads=1, **common)
+    assert other.backend.selection["measured"]["cached"] is False
+    assert len([p for p in (cache / "autoprobe").glob("*.json") if not p.name.endswith(".json.json")]) == 2
+    # Skipped (option or environment): the static order, said so.
+    static = Segmenter(weights, auto_probe=False, **common)
+    assert static.precision == "int8" and static.backend.selection["measured"] is None
+    assert "static order" in static.selection_reason
+    monkeypatch.setenv("ENET_SEG_AUTO_PROBE", "0")
+    assert Segmenter(weights, **common).backend.selection["measured"] is None

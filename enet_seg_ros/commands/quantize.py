@@ -18,12 +18,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of nodes kept in float: first_conv, last_conv or ONNX node names")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
     p.add_argument("--symmetric-activations", action="store_true", help="int8 symmetric activations")
+    p.add_argument("--weight-bits", type=int, default=8, choices=(8, 7),
+                   help="weight range: 8 (default) or 7 ([-64, 64]: no int16 saturation in x86 int8 kernels "
+                        "without VNNI, so the graph computes the same on AVX2-only CPUs)")
     p.add_argument("--validate", default=None, metavar="VALDIR",
                    help="labelled validation images (e.g. CamVid val): check the accuracy bar over all of them")
     p.add_argument("--val-labels", default=None, metavar="DIR", help="label folder (default: VALDIR + 'annot')")
     p.add_argument("--backends", default="onnxruntime,openvino", help="backends to validate int8 on")
+    p.add_argument("--isa", default=None, choices=("AVX2",),
+                   help="validate with the CPU limited to this oneDNN ISA (a child process with "
+                        "ONEDNN_MAX_CPU_ISA set): the record holds for CPUs without VNNI (class avx2)")
     p.add_argument("--record", action="store_true",
-                   help="write the validation result into the model card (precisions.int8) of WEIGHTS")
+                   help="write the validation result into the model card (precisions.int8, under the CPU int8 "
+                        "class it was validated on; the other class's record is kept) of WEIGHTS")
+    p.add_argument("--bf16", action="store_true",
+                   help="with --validate: also check OpenVINO bf16 (AVX512-BF16 / AMX CPUs) against the same bar "
+                        "(recorded as precisions.bf16 with --record)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--cache-dir", default=None, help="artefact cache (default $ENET_SEG_CACHE or ~/.cache)")
     p.add_argument("--out", default=None, metavar="FILE.onnx", help="also copy the int8 graph (first size) here")
@@ -44,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     source = load_source(args.weights)
     sizes = [parse_size(s) for s in args.size.split(",")] if args.size else [parse_size(source.card.input_size)]
     settings = QuantSettings(per_channel=not args.per_tensor, activation_symmetric=args.symmetric_activations,
-                             calibrate=args.calibrate,
+                             calibrate=args.calibrate, weight_bits=args.weight_bits,
                              exclude=tuple(x.strip() for x in args.exclude.split(",") if x.strip()))
     request = Int8Request(args.calib, None, args.calib_frames, settings)
     paths = build_int8(source, sizes, request, args.cache_dir)
@@ -55,14 +65,25 @@ def run(args: argparse.Namespace) -> int:
         print("wrote", args.out)
     if not args.validate:
         return 0
-    from ..evaluate.precision_guard import record_precision, validate_int8
+    from ..evaluate.precision_guard import record_int8, record_precision, validate_bf16, validate_int8
 
     record = validate_int8(args.weights, args.calib, args.validate, args.val_labels,
                            backends=[b.strip() for b in args.backends.split(",") if b.strip()],
                            settings=settings, calibration_limit=args.calib_frames, size=sizes[0],
-                           threads=args.threads, cache_dir=args.cache_dir, progress=print, source=source)
+                           threads=args.threads, cache_dir=args.cache_dir, progress=print, source=source,
+                           isa=args.isa)
     print(json.dumps(record, indent=1))
     if args.record:
-        path = record_precision(args.weights, "int8", record)
-        print("recorded precisions.int8 ({}) in {}".format("accepted" if record["accepted"] else "rejected", path))
-    return 0 if record["accepted"] else 1
+        path = record_int8(args.weights, record)
+        print("recorded precisions.int8 for CPU int8 class {} ({}) in {}".format(
+            record["cpu_int8_class"], "accepted" if record["accepted"] else "rejected", path))
+    accepted = record["accepted"]
+    if args.bf16:
+        bf16 = validate_bf16(args.weights, args.validate, args.val_labels, size=sizes[0], threads=args.threads,
+                             cache_dir=args.cache_dir, progress=print, source=source)
+        print(json.dumps(bf16, indent=1))
+        if args.record:
+            path = record_precision(args.weights, "bf16", bf16)
+            print("recorded precisions.bf16 ({}) in {}".format("accepted" if bf16["accepted"] else "rejected", path))
+        accepted = accepted and bf16["accepted"]
+    return 0 if accepted else 1

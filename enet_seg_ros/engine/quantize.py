@@ -51,6 +51,12 @@ class QuantSettings:
             biases because onnx-tensorrt accepts only 8-bit (and smaller) Q/DQ.
         exclude: nodes left in float: ``first_conv`` / ``last_conv`` (the network's first and
             last convolution wherever they sit in the graph), node names or ``fnmatch`` patterns.
+        weight_bits: 8 (int8 weights in [-127, 127]) or 7 (weights in [-64, 64], ONNX Runtime's
+            ``reduce_range``, NNCF's ``overflow_fix``): x86 int8 kernels without VNNI multiply
+            u8 activations by s8 weights pairwise and add each pair in 16 bits with saturation
+            (``vpmaddubsw``); 255 * 127 * 2 overflows int16, 255 * 64 * 2 = 32640 does not, so
+            a 7-bit graph computes the same integers with and without VNNI (CPU int8 class
+            ``avx2`` as well as ``vnni``).
     """
 
     per_channel: bool = True
@@ -60,11 +66,22 @@ class QuantSettings:
     op_types: Tuple[str, ...] = INT8_OPS
     exclude: Tuple[str, ...] = ()
     quantize_bias: bool = True
+    weight_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in (7, 8):
+            raise ValueError("weight_bits must be 8 or 7, got {!r}".format(self.weight_bits))
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-friendly form (lists for tuples)."""
+        """JSON-friendly form (lists for tuples).
+
+        ``weight_bits`` appears only when it is not 8, so the cache keys and model-card records
+        of graphs made before it existed stay what they were.
+        """
         out = asdict(self)
         out["op_types"], out["exclude"] = list(self.op_types), list(self.exclude)
+        if self.weight_bits == 8:
+            del out["weight_bits"]
         return out
 
     @classmethod
@@ -286,7 +303,8 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
         activation = QuantType.QInt8 if settings.activation_symmetric else QuantType.QUInt8
         quantize_static(
             str(pre), str(out_path), _Reader(frames, input_name),
-            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, reduce_range=False,
+            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+            reduce_range=settings.weight_bits == 7,  # weights only in Q/DQ mode: [-64, 64]
             activation_type=activation, weight_type=QuantType.QInt8,
             op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
             calibrate_method=methods[settings.calibrate],
@@ -324,7 +342,8 @@ def qdq_summary(path: PathLike) -> Dict[str, Any]:
             "per_channel_weights": per_channel, "convs": len(conv_nodes(proto))}
 
 
-__all__ = ["QuantSettings", "Int8Request", "int8_onnx", "int8_fields", "quantize_qdq", "qdq_summary", "INT8_OPS"]
+__all__ = ["QuantSettings", "Int8Request", "int8_onnx", "int8_fields", "quantize_qdq", "qdq_summary", "INT8_OPS",
+           "cpu_int8_class", "int8_records", "int8_record_for", "merge_int8_record", "validated_precisions"]
 
 
 # -- validated records (model card ``precisions``) -------------------------------------------------
@@ -345,16 +364,18 @@ def tensor_digest(model) -> str:
 _NO_VNNI_CAPS = ("SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS")
 
 
-def cpu_int8_class(cpuinfo: str = "/proc/cpuinfo") -> str:
+def cpu_int8_class(cpuinfo: str = "/proc/cpuinfo", honour_cap: bool = True) -> str:
     """``"vnni"`` when this CPU (as oneDNN is allowed to use it) has int8 dot-product instructions
     (AVX512-VNNI, AVX-VNNI or AMX-INT8), else ``"avx2"``.
 
     int8 kernels without VNNI take another path (u8 x s8 pairs summed in 16 bits, which can
     saturate): measured here with ``ONEDNN_MAX_CPU_ISA=AVX2``, OpenVINO int8 ERFNet agreed with fp32
     on 88 % of pixels against 99.2 % with VNNI, so an accuracy record made on one class does not
-    vouch for the other.
+    vouch for the other (unless its weights are 7-bit, see :class:`QuantSettings`, and it was
+    validated on both). ``honour_cap=False``: the hardware's class, ignoring ``ONEDNN_MAX_CPU_ISA``
+    (what ONNX Runtime, which ignores the cap, runs).
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() if honour_cap else ""
     if cap in _NO_VNNI_CAPS:
         return "avx2"
     try:
@@ -368,28 +389,72 @@ def cpu_int8_class(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "avx2"  # unknown CPU (e.g. ARM): no VNNI-validated record applies
 
 
+def int8_records(record: Any) -> List[Dict[str, Any]]:
+    """Every per-CPU-class int8 record in a card's ``precisions["int8"]``.
+
+    The card keeps one record per CPU int8 class: the top-level record (its ``cpu_int8_class``;
+    records without one were made on ``vnni``) and the others under ``by_cpu_class``
+    (``{"avx2": record}``), so a reader that only knows the top-level record still reads it.
+    """
+    if not isinstance(record, dict):
+        return []
+    out = [record]
+    for cls, rec in sorted((record.get("by_cpu_class") or {}).items()):
+        if isinstance(rec, dict):
+            out.append(dict(rec, cpu_int8_class=rec.get("cpu_int8_class", cls)))
+    return out
+
+
+def int8_record_for(record: Any, cpu_class: str) -> Optional[Dict[str, Any]]:
+    """The card's int8 record made on ``cpu_class`` (see :func:`int8_records`), else ``None``."""
+    for rec in int8_records(record):
+        if rec.get("cpu_int8_class", "vnni") == cpu_class:
+            return rec
+    return None
+
+
+def merge_int8_record(existing: Any, new: Dict[str, Any]) -> Dict[str, Any]:
+    """``precisions["int8"]`` after recording ``new``: it replaces the record of its CPU class only.
+
+    The top-level record keeps its class (a card's first record, ``vnni`` for the shipped ones);
+    a record of another class goes to ``by_cpu_class[class]``.
+    """
+    new = {k: v for k, v in new.items() if k != "by_cpu_class"}
+    cls = new.get("cpu_int8_class", "vnni")
+    if not isinstance(existing, dict) or existing.get("cpu_int8_class", "vnni") == cls:
+        others = {k: v for k, v in ((existing or {}).get("by_cpu_class") or {}).items() if k != cls} \
+            if isinstance(existing, dict) else {}
+        return dict(new, by_cpu_class=others) if others else new
+    merged = dict(existing)
+    merged["by_cpu_class"] = dict(existing.get("by_cpu_class") or {}, **{cls: new})
+    return merged
+
+
 def validated_precisions(source: ModelSource) -> Dict[str, Dict[str, Any]]:
     """``{precision: record}`` of the card's accepted records that belong to these very tensors.
 
     A record counts when ``accepted`` is true, it names the backends it was checked on, its
     ``weights_digest`` equals :func:`tensor_digest` of the loaded network, and (for CPU int8) it
     was made on a CPU of this machine's int8 class (:func:`cpu_int8_class`; records without
-    ``cpu_int8_class`` were all made on a VNNI CPU).
+    ``cpu_int8_class`` were all made on a VNNI CPU): the card's int8 record for this class is
+    picked among its per-class records (:func:`int8_records`).
     """
     records = getattr(source.card, "precisions", None) or {}
     out: Dict[str, Dict[str, Any]] = {}
     digest = None
-    here = None
     for prec, record in records.items():
+        if prec == "int8":
+            here = cpu_int8_class()
+            found = int8_record_for(record, here)
+            if found is None:
+                made_on = sorted({r.get("cpu_int8_class", "vnni") for r in int8_records(record)})
+                LOG.info("model card's int8 records were validated on %s CPUs, this one is %s: not used by "
+                         "precision 'auto' (validate here with enet-seg quantize --validate --record)",
+                         "/".join(made_on), here)
+                continue
+            record = found
         if not isinstance(record, dict) or not record.get("accepted") or not record.get("backends"):
             continue
-        if prec == "int8":
-            here = here or cpu_int8_class()
-            made_on = record.get("cpu_int8_class", "vnni")
-            if made_on != here:
-                LOG.info("model card's int8 record was validated on a %s CPU, this one is %s: not used by "
-                         "precision 'auto' (validate here with enet-seg quantize --validate --record)", made_on, here)
-                continue
         if digest is None:
             digest = tensor_digest(source.model)
         if record.get("weights_digest") != digest:

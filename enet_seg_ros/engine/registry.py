@@ -181,6 +181,9 @@ def create_backend(source, input_size, backend: str = "auto", device: Optional[s
     elif backend == "auto":
         candidates = [(n, d, True) for n, d, _ in candidates]
     fail = tuple(options.pop("fail_backends", None) or ())
+    from .autoprobe import probe_enabled
+
+    probe_on = probe_enabled(options.pop("auto_probe", None))
     validated: Dict[str, Dict[str, Any]] = options.pop("validated", None) or {}
     reasons: Dict[str, str] = {}
     for name, dev, via_auto in candidates:
@@ -197,32 +200,89 @@ def create_backend(source, input_size, backend: str = "auto", device: Optional[s
             LOG.warning("backend %s failed to initialise (%s); trying the next one", label, reasons[label])
             continue
         entry = get_backend(name)
-        plan = precision_plan(entry, dev, validated) if precision == "auto" else [precision]
-        instance = None
-        for prec in plan:
-            step = label if prec is None or precision != "auto" else "{}/{}".format(label, prec)
-            try:
-                instance = entry.factory()(source, input_size, device=dev, precision=prec, **options)
-                break
-            except BackendUnavailable as exc:
-                reasons[step] = str(exc)
-                LOG.debug("backend %s skipped: %s", step, exc)
-            except Exception as exc:  # a real initialisation failure: warn and fall back
-                reasons[step] = "failed: {}: {}".format(exc.__class__.__name__,
-                                                        str(exc).splitlines()[0] if str(exc) else "")
-                LOG.warning("backend %s failed to initialise (%s); trying the next one", step, reasons[step])
-                if prec is None or precision != "auto":
-                    break
+        measured: Optional[Dict[str, Any]] = None
+        if precision == "auto":
+            plan = precision_plan(entry, dev, validated)
+            if len(plan) > 1 and probe_on:
+                instance, measured = _measured_choice(entry, label, dev, plan, source, input_size, validated,
+                                                      options, reasons)
+            else:
+                instance = _first_that_builds(entry, label, dev, plan, True, source, input_size, options, reasons)
+        else:
+            instance = _first_that_builds(entry, label, dev, [precision], False, source, input_size, options, reasons)
         if instance is None:
             continue
         skipped = "; ".join("{}: {}".format(k, v) for k, v in reasons.items())
         LOG.info("inference backend: %s%s", instance.describe(), " (skipped {})".format(skipped) if skipped else "")
         instance.skipped = dict(reasons)
         instance.selection = {"requested_backend": backend, "requested_precision": precision,
-                              "via_auto_chain": via_auto, "validated": validated.get(instance.precision)}
+                              "via_auto_chain": via_auto, "validated": validated.get(instance.precision),
+                              "measured": measured}
         return instance
     raise RuntimeError("no inference backend could be initialised for backend={!r} device={!r} precision={!r}: {}".format(
         backend, device, precision, "; ".join("{}: {}".format(k, v) for k, v in reasons.items())))
+
+
+def _first_that_builds(entry: BackendEntry, label: str, dev: str, plan: Sequence[Optional[str]], auto: bool,
+                       source, input_size, options: Dict[str, Any], reasons: Dict[str, str]) -> Optional[Backend]:
+    """The first precision of ``plan`` whose backend initialises (failures go to ``reasons``)."""
+    for prec in plan:
+        step = label if prec is None or not auto else "{}/{}".format(label, prec)
+        try:
+            return entry.factory()(source, input_size, device=dev, precision=prec, **options)
+        except BackendUnavailable as exc:
+            reasons[step] = str(exc)
+            LOG.debug("backend %s skipped: %s", step, exc)
+        except Exception as exc:  # a real initialisation failure: warn and fall back
+            reasons[step] = "failed: {}: {}".format(exc.__class__.__name__,
+                                                    str(exc).splitlines()[0] if str(exc) else "")
+            LOG.warning("backend %s failed to initialise (%s); trying the next one", step, reasons[step])
+            if prec is None or not auto:
+                break
+    return None
+
+
+def _measured_choice(entry: BackendEntry, label: str, dev: str, plan: Sequence[Optional[str]], source, input_size,
+                     validated: Dict[str, Dict[str, Any]], options: Dict[str, Any],
+                     reasons: Dict[str, str]) -> Tuple[Optional[Backend], Optional[Dict[str, Any]]]:
+    """``precision="auto"`` with several candidates: the fastest one as measured here (see :mod:`.autoprobe`).
+
+    A measurement cached for the same weights, backend, device, size, candidates, CPU and
+    runtimes is reused: only its winner is built. Returns ``(backend, what was measured)``.
+    """
+    from .autoprobe import cached_choice, choose_fastest, probe_fields, store_choice
+    from .cache import ArtifactCache
+
+    names = ["default" if p is None else p for p in plan]
+    cache = ArtifactCache(options.get("cache_dir"), "autoprobe")
+    fields = probe_fields(source.sha256, entry.name, dev, input_size,
+                          {n: validated.get(n) for n in names}, options)
+    hit = cached_choice(cache, fields)
+    if hit is not None:
+        first = names.index(hit["choice"])
+        order = [plan[first]] + [p for i, p in enumerate(plan) if i != first]
+        instance = _first_that_builds(entry, label, dev, order, True, source, input_size, options, reasons)
+        chosen = None if hit["choice"] == "default" else hit["choice"]
+        if instance is not None and (chosen is None or instance.precision == chosen):
+            return instance, dict(hit, cached=True)
+        return instance, None
+    built: Dict[str, Backend] = {}
+    for prec, name in zip(plan, names):
+        instance = _first_that_builds(entry, label, dev, [prec], True, source, input_size, options, reasons)
+        if instance is not None:
+            built[name] = instance
+    if not built:
+        return None, None
+    if len(built) == 1:
+        return next(iter(built.values())), None
+    choice, ms = choose_fastest(built, input_size)
+    for name, instance in built.items():
+        if name != choice:
+            instance.close()
+    shown = {(built[n].precision if n == "default" else n): v for n, v in ms.items()}
+    store_choice(cache, fields, choice, shown, [n for n in names if n not in built])
+    LOG.info("precision auto on %s: measured %s, picked %s", label, shown, choice)
+    return built[choice], {"choice": choice, "ms": shown, "cached": False}
 
 
 def precision_plan(entry: BackendEntry, device: str, validated: Dict[str, Dict[str, Any]]) -> List[Optional[str]]:

@@ -61,6 +61,13 @@ def selection_reason(backend: Backend, requested_backend: str, requested_precisi
         else:
             why_precision = "the backend's default: no validated lossy precision for this model on {} {}".format(
                 backend.name, backend.device)
+        measured = backend.selection.get("measured") if backend.selection else None
+        if measured:
+            from .autoprobe import describe
+
+            why_precision = "{}; {}".format(describe(measured), why_precision)
+        elif record:
+            why_precision += "; static order (not measured)"
     elif requested_precision is None:
         why_precision = "the backend's default"
     else:
@@ -87,7 +94,10 @@ class Segmenter:
             accuracy record for on the chosen backend (``enet-seg quantize --validate
             --record``), else the backend's default; ``None``: the backend's default (fp16 for
             TensorRT / torch CUDA, fp32 on CPU); or ``fp32``, ``fp16``, ``bf16``, ``int8``.
-            :attr:`selection_reason` says what was picked and why.
+            When the backend has several candidates (validated lossy precisions and its default),
+            the first start times each on this machine and keeps the fastest; the measurement is
+            cached (see :mod:`.autoprobe`; ``auto_probe=False`` or ``$ENET_SEG_AUTO_PROBE=0``:
+            the registry's static order). :attr:`selection_reason` says what was picked and why.
         input_size: network input (width, height) or ``"WxH"``; default: the card's.
         resize_policy: ``stretch``, ``letterbox`` or ``center_crop``; default: the card's.
         confidence: also compute the per-pixel max softmax probability (costs ~5-10% on CPU).

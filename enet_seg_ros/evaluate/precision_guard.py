@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ..engine.quantize import DEFAULT_CALIBRATION_FRAMES, QuantSettings, cpu_int8_class, tensor_digest
+from ..engine.quantize import (DEFAULT_CALIBRATION_FRAMES, QuantSettings, cpu_int8_class, merge_int8_record,
+                               tensor_digest)
 from ..io.files import IMAGE_SUFFIXES
 from .metrics import ConfusionMatrix
 
@@ -113,15 +114,32 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
                   calibration_limit: int = DEFAULT_CALIBRATION_FRAMES, size=None, threads: Optional[int] = None,
                   cache_dir=None, max_drop_pt: float = MAX_MIOU_DROP_PT, min_agreement: float = MIN_AGREEMENT,
                   frame_limit: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
-                  source=None) -> Dict[str, Any]:
+                  source=None, isa: Optional[str] = None) -> Dict[str, Any]:
     """Quantise (cached), run fp32 and int8 over every validation frame, and judge against the bar.
 
     ``weights`` may also be given as a loaded ``source`` (``ModelSource``; ``weights`` then only names it).
     The fp32 reference is ONNX Runtime fp32 (identical labels to eager torch up to float
     rounding). Backends that cannot run here are listed under ``unavailable``.
 
-    Returns the record for the model card's ``precisions["int8"]``.
+    ``isa``: validate with the CPU limited to that oneDNN ISA (``AVX2``: the ``avx2`` int8
+    class of AMD EPYC and older Intel CPUs), in a child process started with
+    ``ONEDNN_MAX_CPU_ISA`` set (:func:`validate_in_child`); the record then holds for that
+    class. ONNX Runtime ignores the limit: under it, its row was measured with this CPU's
+    VNNI kernels, so it is accepted only for 7-bit weights (which its AVX2 u8 x s8 kernel
+    computes exactly, see :class:`QuantSettings`) and is marked so (``isa_note``); with 8-bit
+    weights it is listed under ``unavailable``.
+
+    Returns the record for the model card's ``precisions["int8"]`` (with ``cpu_int8_class``:
+    the class it holds for; :func:`record_int8` files it under that class).
     """
+    if isa and os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() != isa.strip().upper():
+        return validate_in_child(dict(
+            weights=str(weights if source is None or source.path is None else source.path),
+            calibration=str(calibration), val_images=str(val_images),
+            val_labels=str(val_labels) if val_labels else None, backends=list(backends), settings=settings.to_dict(),
+            calibration_limit=calibration_limit, size=list(size) if isinstance(size, (tuple, list)) else size,
+            threads=threads, cache_dir=str(cache_dir) if cache_dir else None, max_drop_pt=max_drop_pt,
+            min_agreement=min_agreement, frame_limit=frame_limit), isa, progress)
     from ..engine import Segmenter
     from ..engine.calib import calibration_digest
     from ..engine.source import load_source
@@ -153,10 +171,20 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
     result = compare_precisions(reference, candidates, pairs, card.num_classes, say)
     checked: Dict[str, Any] = {}
     rejected: Dict[str, Any] = {}
+    capped = cpu_int8_class() != cpu_int8_class(honour_cap=False)  # ONEDNN_MAX_CPU_ISA hides VNNI
     for name, res in result["candidates"].items():
         ok, why = verdict(result["reference_miou"], res["miou"], res["agreement_vs_fp32"], max_drop_pt, min_agreement)
         row = {"miou": round(res["miou"], 5), "miou_drop_pt": round((result["reference_miou"] - res["miou"]) * 100, 3),
                "agreement_vs_fp32": round(res["agreement_vs_fp32"], 5), "verdict": why}
+        if capped and name in ISA_CAP_IGNORED:
+            if settings.weight_bits != 7:
+                unavailable[name] = ("ignores ONEDNN_MAX_CPU_ISA: its non-VNNI int8 kernels cannot be checked on this "
+                                     "CPU, and 8-bit weights may saturate them (validate 7-bit weights)")
+                say("int8 {} {}: not judged for the {} class ({})".format(card.arch, name, cpu_int8_class(),
+                                                                          unavailable[name]))
+                continue
+            row["isa_note"] = ("measured with this CPU's VNNI kernels ({} ignores ONEDNN_MAX_CPU_ISA); with 7-bit "
+                               "weights its AVX2 u8 x s8 kernel computes the same integers".format(name))
         (checked if ok else rejected)[name] = row
         say("int8 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", why))
     w, h = reference.input_size
@@ -177,8 +205,129 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "criteria": {"max_miou_drop_pt": max_drop_pt, "min_agreement_vs_fp32": min_agreement},
         "weights_digest": tensor_digest(source.model),
         "cpu_int8_class": cpu_int8_class(),
+        "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None,
         "date": datetime.date.today().isoformat(),
     }
+
+
+# Backends whose CPU kernels do not honour ONEDNN_MAX_CPU_ISA (ONNX Runtime's MLAS dispatches on cpuid).
+ISA_CAP_IGNORED = ("onnxruntime",)
+# What a child process needs to imitate a CPU of a lower ISA (oneDNN in OpenVINO and torch, ATen).
+ISA_ENV = {"AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+
+
+def validate_in_child(kwargs: Dict[str, Any], isa: str, progress: Optional[Callable[[str], None]] = None,
+                      timeout: float = 3600.0) -> Dict[str, Any]:
+    """Run :func:`validate_int8` (``kwargs``, JSON-able) in a child process with the CPU limited to ``isa``.
+
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once, when its first kernel is made, so the limit needs a
+    fresh process. The child's progress lines are passed to ``progress``.
+
+    Raises:
+        ValueError: unknown ``isa``. RuntimeError: the child failed (its last output lines).
+    """
+    import subprocess
+    import sys
+
+    env_extra = ISA_ENV.get(isa.strip().upper())
+    if env_extra is None:
+        raise ValueError("isa must be one of {}, got {!r}".format(sorted(ISA_ENV), isa))
+    say = progress or (lambda msg: LOG.info("%s", msg))
+    env = dict(os.environ, **env_extra)
+    cmd = [sys.executable, "-m", __name__]
+    say("validating under ONEDNN_MAX_CPU_ISA={} in a child process".format(env_extra["ONEDNN_MAX_CPU_ISA"]))
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(kwargs))
+    proc.stdin.close()
+    lines: List[str] = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith(_RESULT_TAG):
+            lines.append(line)
+        else:
+            say("  [{}] {}".format(isa, line))
+            lines.append(line)
+    rc = proc.wait(timeout=timeout)
+    results = [line[len(_RESULT_TAG):] for line in lines if line.startswith(_RESULT_TAG)]
+    if rc != 0 or not results:
+        raise RuntimeError("validation under ONEDNN_MAX_CPU_ISA={} failed (exit {}): {}".format(
+            isa, rc, " | ".join(lines[-5:])))
+    return json.loads(results[-1])
+
+
+_RESULT_TAG = "ENET_SEG_GUARD_RESULT "
+
+
+def _child_main() -> int:
+    """Entry of :func:`validate_in_child`: kwargs (JSON) on stdin, the record on stdout."""
+    import sys
+
+    kwargs = json.loads(sys.stdin.read())
+    kwargs["settings"] = QuantSettings.from_dict(kwargs.get("settings"))
+    if kwargs.get("size") is not None and not isinstance(kwargs["size"], str):
+        kwargs["size"] = tuple(kwargs["size"])
+    record = validate_int8(progress=lambda msg: print(msg, flush=True), **kwargs)
+    print(_RESULT_TAG + json.dumps(record), flush=True)
+    return 0
+
+
+def validate_bf16(weights: PathLike, val_images: PathLike, val_labels: Optional[PathLike] = None,
+                  backends: Sequence[str] = ("openvino",), size=None, threads: Optional[int] = None, cache_dir=None,
+                  max_drop_pt: float = MAX_MIOU_DROP_PT, min_agreement: float = MIN_AGREEMENT,
+                  frame_limit: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
+                  source=None) -> Dict[str, Any]:
+    """The accuracy bar for bf16 (lossy like int8): run fp32 and bf16 over every validation frame.
+
+    bf16 needs AVX512-BF16 or AMX (OpenVINO; the torch backend's bf16 is not covered by this
+    record). Returns the record for the model card's ``precisions["bf16"]``.
+    """
+    from ..engine import Segmenter
+    from ..engine.source import load_source
+
+    say = progress or (lambda msg: LOG.info("%s", msg))
+    source = source or load_source(weights)
+    card = source.card
+    pairs = val_pairs(val_images, val_labels)
+    if frame_limit:
+        pairs = pairs[:frame_limit]
+    common = dict(input_size=size, threads=threads, cache_dir=cache_dir, warmup=0, strict=True)
+    reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
+    candidates: Dict[str, Any] = {}
+    unavailable: Dict[str, str] = {}
+    for name in backends:
+        try:
+            candidates[name] = Segmenter(source, backend=name, precision="bf16", device="cpu", **common)
+        except Exception as exc:
+            unavailable[name] = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            say("bf16 on {}: not available here ({})".format(name, unavailable[name]))
+    if not candidates:
+        raise RuntimeError("no backend could run bf16: {}".format(unavailable))
+    result = compare_precisions(reference, candidates, pairs, card.num_classes, say)
+    checked: Dict[str, Any] = {}
+    rejected: Dict[str, Any] = {}
+    for name, res in result["candidates"].items():
+        ok, why = verdict(result["reference_miou"], res["miou"], res["agreement_vs_fp32"], max_drop_pt, min_agreement)
+        row = {"miou": round(res["miou"], 5), "miou_drop_pt": round((result["reference_miou"] - res["miou"]) * 100, 3),
+               "agreement_vs_fp32": round(res["agreement_vs_fp32"], 5), "verdict": why}
+        (checked if ok else rejected)[name] = row
+        say("bf16 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", why))
+    w, h = reference.input_size
+    return {"accepted": bool(checked), "backends": checked, "rejected": rejected, "unavailable": unavailable,
+            "validation": "{} ({} frames)".format(Path(str(val_images)).name, len(pairs)), "val_frames": len(pairs),
+            "val_size": "{}x{}".format(w, h), "miou_fp32": round(result["reference_miou"], 5),
+            "criteria": {"max_miou_drop_pt": max_drop_pt, "min_agreement_vs_fp32": min_agreement},
+            "weights_digest": tensor_digest(source.model), "date": datetime.date.today().isoformat()}
+
+
+def record_int8(weights: PathLike, record: Dict[str, Any]) -> Path:
+    """File an int8 guard record in the card under its CPU int8 class (:func:`merge_int8_record`):
+    it replaces the earlier record of that class and keeps the other class's."""
+    from ..weights import read_card, resolve_weights
+
+    existing = (read_card(resolve_weights(weights)).precisions or {}).get("int8")
+    return record_precision(weights, "int8", merge_int8_record(existing, record))
 
 
 def record_precision(weights: PathLike, precision: str, record: Dict[str, Any]) -> Path:
@@ -208,3 +357,7 @@ def record_precision(weights: PathLike, precision: str, record: Dict[str, Any]) 
         text.setdefault("precisions", {})[precision] = record
         card_json.write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
     return path
+
+
+if __name__ == "__main__":  # the child of validate_in_child
+    raise SystemExit(_child_main())
