@@ -44,7 +44,7 @@ def _val_frames(camvid_root: Path, n: int):
 @child_only
 def test_openvino_caches_its_graph_and_compiled_blobs(cache):
     ort = Segmenter(ESPNET, backend="onnxruntime", strict=True, input_size=(240, 180), warmup=0)
-    ov = Segmenter(ESPNET, backend="openvino", strict=True, input_size=(240, 180), warmup=1)
+    ov = Segmenter(ESPNET, backend="openvino", precision="fp32", strict=True, input_size=(240, 180), warmup=1)
     # OpenVINO runs its own spelling of the argmax (a compare chain, no ArgMax node): a second
     # graph in the same cache, exported once and reused by the next OpenVINO start.
     graphs = sorted((cache / "onnx").glob("*.onnx"))
@@ -52,7 +52,7 @@ def test_openvino_caches_its_graph_and_compiled_blobs(cache):
     assert sum("ArgMax" in {n.op_type for n in onnx.load(str(g)).graph.node} for g in graphs) == 1
     assert any((cache / "openvino").iterdir()), "compiled model cache is empty"
     stamps = {g: g.stat().st_mtime_ns for g in graphs}
-    Segmenter(ESPNET, backend="openvino", strict=True, input_size=(240, 180), warmup=0)
+    Segmenter(ESPNET, backend="openvino", precision="fp32", strict=True, input_size=(240, 180), warmup=0)
     assert {g: g.stat().st_mtime_ns for g in (cache / "onnx").glob("*.onnx")} == stamps, "graph re-exported"
     assert ov.backend_name == "openvino" and ov.precision == "fp32" and ov.device == "cpu"
     frame = np.random.default_rng(0).integers(0, 255, (180, 240, 3), dtype=np.uint8)
@@ -61,7 +61,7 @@ def test_openvino_caches_its_graph_and_compiled_blobs(cache):
 
 @child_only
 def test_openvino_batches_match_single_frames(cache, camvid_root):
-    seg = Segmenter(ESPNET, backend="openvino", strict=True, input_size=(240, 180), warmup=0)
+    seg = Segmenter(ESPNET, backend="openvino", precision="fp32", strict=True, input_size=(240, 180), warmup=0)
     frames = _val_frames(camvid_root, 11)
     # 11 frames: a static batch of 8 (the backend's max_batch) then one of 3, each compiled once.
     batch = seg.segment_batch(frames, channel_order="bgr")
@@ -81,7 +81,7 @@ def test_openvino_bf16_agrees_with_fp32_on_camvid_frames(cache, camvid_root):
             pytest.skip(str(exc))
         raise
     fp32 = Segmenter(ESPNET, backend="torch", strict=True, warmup=0)
-    ov_fp32 = Segmenter(ESPNET, backend="openvino", strict=True, warmup=0)
+    ov_fp32 = Segmenter(ESPNET, backend="openvino", precision="fp32", strict=True, warmup=0)
     frames = _val_frames(camvid_root, 5)
     same = same_fp32 = total = 0
     for frame in frames:

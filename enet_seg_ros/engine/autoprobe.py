@@ -71,7 +71,8 @@ def runtime_versions() -> Dict[str, str]:
 
 
 def probe_fields(weights_digest: str, backend: str, device: str, input_size: Tuple[int, int],
-                 candidates: Dict[str, Optional[Dict[str, Any]]], options: Dict[str, Any]) -> Dict[str, Any]:
+                 candidates: Dict[str, Optional[Dict[str, Any]]], options: Dict[str, Any],
+                 arch: str = "") -> Dict[str, Any]:
     """Cache key of one measured choice.
 
     ``candidates`` maps each precision tried (``default`` for the backend's default) to its
@@ -82,7 +83,8 @@ def probe_fields(weights_digest: str, backend: str, device: str, input_size: Tup
                                             "quantization": rec.get("quantization"),
                                             "cpu_int8_class": rec.get("cpu_int8_class")}
             for name, rec in sorted(candidates.items())}
-    return {"kind": "auto-precision", "format": PROBE_FORMAT, "weights_sha256": weights_digest, "backend": backend,
+    return {"arch": arch, "kind": "auto-precision", "format": PROBE_FORMAT, "weights_sha256": weights_digest,
+            "backend": backend,
             "device": device, "size": "{}x{}".format(*input_size), "output": options.get("output", "labels"),
             "with_confidence": bool(options.get("with_confidence")), "threads": options.get("threads"),
             "candidates": recs, "cpu": cpu_signature(), "versions": runtime_versions()}

@@ -256,7 +256,7 @@ def _measured_choice(entry: BackendEntry, label: str, dev: str, plan: Sequence[O
     names = ["default" if p is None else p for p in plan]
     cache = ArtifactCache(options.get("cache_dir"), "autoprobe")
     fields = probe_fields(source.sha256, entry.name, dev, input_size,
-                          {n: validated.get(n) for n in names}, options)
+                          {n: validated.get(n) for n in names}, options, source.arch)
     hit = cached_choice(cache, fields)
     if hit is not None:
         first = names.index(hit["choice"])
