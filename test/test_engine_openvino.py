@@ -108,11 +108,18 @@ def test_openvino_backend_rejects_batches_it_was_not_built_for(cache):
 
 
 @child_only
-def test_openvino_refuses_what_it_cannot_do(cache):
+def test_openvino_refuses_what_it_cannot_do(cache, monkeypatch):
     with pytest.raises(RuntimeError, match="openvino has no fp16 mode"):
         Segmenter(ESPNET, backend="openvino", precision="fp16", strict=True, warmup=0)
     with pytest.raises(RuntimeError, match="runs on the CPU only"):
         Segmenter(ESPNET, backend="openvino", device="cuda", strict=True, warmup=0)
+    # Under the AVX2 limit bf16 is unavailable (said so), and auto skips it quietly for fp32/int8.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(RuntimeError, match="bf16 needs AVX512-BF16 or AMX"):
+        Segmenter(ESPNET, backend="openvino", precision="bf16", strict=True, input_size=(96, 64), warmup=0)
+    seg = Segmenter(ESPNET, backend="openvino", strict=True, input_size=(96, 64), warmup=0)
+    assert seg.precision != "bf16"
+    assert not any(v.startswith("failed") for v in seg.backend.skipped.values()), seg.backend.skipped
 
 
 @child_only

@@ -3,8 +3,8 @@
 Which precision is fastest depends on the model and the CPU, not on a fixed order: on the AMX
 Xeon of BENCHMARKS.md run G, OpenVINO int8 beat bf16 for ERFNet (23.6 vs 38.1 ms) but lost for
 ESPNet (37.2 vs 27.1 ms). So when a backend has more than one candidate (its validated lossy
-precisions and its default), the first start builds each, times a few batch-1 inferences on a
-blank frame and keeps the fastest. The result is stored in the artefact cache
+precisions and its default), the first start builds each, times a few batch-1 inferences of an
+image-like frame and keeps the fastest. The result is stored in the artefact cache
 (``<cache>/autoprobe``) under everything the timing depends on: the weights digest, backend,
 device, input size, graph outputs, threads, the candidates and their records, the CPU (model
 name, flags, ``ONEDNN_MAX_CPU_ISA``, core count) and the runtime versions; a later start with
@@ -28,7 +28,7 @@ from .cache import ArtifactCache
 
 LOG = logging.getLogger(__name__)
 PROBE_ENV = "ENET_SEG_AUTO_PROBE"
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2  # 2: image-like probe frame (1: a blank frame)
 PROBE_WARMUP = 2
 PROBE_RUNS = 5
 
@@ -102,10 +102,21 @@ def cached_choice(cache: ArtifactCache, fields: Dict[str, Any]) -> Optional[Dict
     return data if isinstance(data, dict) and data.get("choice") in fields["candidates"] else None
 
 
-def time_backend(instance, input_size: Tuple[int, int], runs: int = PROBE_RUNS, warmup: int = PROBE_WARMUP) -> float:
-    """Median wall time (ms) of ``runs`` batch-1 inferences of a blank frame after ``warmup`` ones."""
+def probe_frame(input_size: Tuple[int, int]) -> np.ndarray:
+    """A (1, H, W, 3) uint8 frame with image-like content (gradients + noise, fixed seed), so no
+    candidate is timed on a degenerate input (measured here, a blank frame and this one time
+    within 10 % of each other on OpenVINO fp32 / bf16 / int8)."""
     width, height = input_size
-    frame = np.zeros((1, height, width, 3), np.uint8)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
+                     (x + y) * 255 // max(width + height - 2, 1)], axis=-1)
+    noise = np.random.default_rng(0).integers(-40, 41, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)[None]
+
+
+def time_backend(instance, input_size: Tuple[int, int], runs: int = PROBE_RUNS, warmup: int = PROBE_WARMUP) -> float:
+    """Median wall time (ms) of ``runs`` batch-1 inferences of :func:`probe_frame` after ``warmup`` ones."""
+    frame = probe_frame(input_size)
     for _ in range(warmup):
         instance.infer(frame)
     times = []
@@ -146,7 +157,7 @@ def describe(measured: Dict[str, Any]) -> str:
     ms = measured.get("ms") or {}
     times = ", ".join("{} {:.1f} ms".format(k, v) for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
     how = "measured at the first start, cached" if measured.get("cached") else "measured now"
-    return "fastest of the validated candidates ({}; median of {} batch-1 runs, {})".format(
+    return "fastest of the validated candidates ({}; median of {} batch-1 runs on this CPU, {})".format(
         times, measured.get("runs", PROBE_RUNS), how)
 
 
