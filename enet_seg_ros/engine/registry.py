@@ -160,7 +160,10 @@ def create_backend(source, input_size, backend: str = "auto", device: Optional[s
         backend: ``auto`` or one of :func:`list_backends`.
         device: restrict to ``cpu`` / ``cuda`` / ``cuda:N``.
         precision: requested precision (``None``: each backend's default); candidates that
-            lack it are skipped. ``auto`` is resolved by :class:`Segmenter`, not here.
+            lack it are skipped. ``auto``: on each backend, the validated precisions of
+            ``validated`` (from :class:`Segmenter`) and the default; with several, the fastest
+            as measured here (:mod:`.autoprobe`, cached; option ``auto_probe=False`` or
+            ``$ENET_SEG_AUTO_PROBE=0``: the static order).
         strict: with an explicit backend, raise instead of falling back to the ``auto`` chain.
         **options: backend options (threads, cache_dir, calibration, with_confidence...).
             ``fail_backends`` (names or ``name:device``) is a test / diagnostic hook: those
