@@ -336,6 +336,8 @@ def test_precision_auto_measures_the_validated_candidates_once_and_caches_the_ch
     # The choice is the faster of the two as measured (ties: the static order), whichever it is.
     assert seg.precision == min(("int8", "fp32"), key=lambda p: measured["ms"][p])
     assert "fastest of the validated candidates" in seg.selection_reason and "measured now" in seg.selection_reason
+    assert ("validated in the model card" if seg.precision == "int8" else
+            "the backend's default: faster here than the validated lossy precisions") in seg.selection_reason
     stored = [p for p in (cache / "autoprobe").glob("*.json") if not p.name.endswith(".json.json")]
     assert len(stored) == 1 and json.loads(stored[0].read_text())["ms"] == measured["ms"]
     assert seg.segment(synthetic_frame(96, 64)).labels.shape == (64, 96)

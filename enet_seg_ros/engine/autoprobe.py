@@ -149,7 +149,10 @@ def store_choice(cache: ArtifactCache, fields: Dict[str, Any], choice: str, ms: 
     """Keep a measurement so later starts with the same key skip it."""
     data = {"choice": choice, "ms": ms, "failed": list(failed), "runs": PROBE_RUNS,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    cache.store(fields, ".json", json.dumps(data, indent=1, sort_keys=True).encode())
+    try:
+        cache.store(fields, ".json", json.dumps(data, indent=1, sort_keys=True).encode())
+    except OSError as exc:  # a read-only cache must not stop the camera: measure again next start
+        LOG.warning("could not cache the precision-auto measurement in %s (%s)", cache.root, exc)
 
 
 def describe(measured: Dict[str, Any]) -> str:

@@ -52,16 +52,18 @@ def selection_reason(backend: Backend, requested_backend: str, requested_precisi
         why_backend += "; skipped " + ", ".join(skipped)
     record = backend.selection.get("validated") if backend.selection else None
     if requested_precision == "auto":
+        measured = backend.selection.get("measured") if backend.selection else None
         if record:
             checked = record.get("backends", {}).get(backend.name, {})
             why_precision = "validated in the model card: mIoU drop {:.2f} pt, label agreement {:.2%} vs fp32 over " \
                             "{} val frames".format(checked.get("miou_drop_pt", float("nan")),
                                                    checked.get("agreement_vs_fp32", float("nan")),
                                                    record.get("val_frames", "?"))
+        elif measured:
+            why_precision = "the backend's default: faster here than the validated lossy precisions"
         else:
             why_precision = "the backend's default: no validated lossy precision for this model on {} {}".format(
                 backend.name, backend.device)
-        measured = backend.selection.get("measured") if backend.selection else None
         if measured:
             from .autoprobe import describe
 
