@@ -149,6 +149,11 @@ def test_quantize_command_builds_and_checks_its_arguments(tmp_path, calib_dir, c
     assert "int8 Q/DQ graphs" in capsys.readouterr().out
     assert cli_main(["quantize", str(weights), "--calib", str(calib_dir), "--record"]) == 2
     assert "--record needs --validate" in capsys.readouterr().err
+    assert cli_main(["quantize", str(weights), "--calib", str(calib_dir), "--isa", "AVX2"]) == 2
+    assert "--isa needs --validate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        cli_main(["quantize", str(weights), "--calib", str(calib_dir), "--weight-bits", "6"])
+    assert "invalid choice: 6" in capsys.readouterr().err
 
 
 def test_cpu_int8_class_reads_the_flags_and_honours_the_onednn_cap(tmp_path, monkeypatch):

@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.record and not args.validate:
         raise ValueError("--record needs --validate VALDIR (only validated results are recorded)")
+    for flag, given in (("--isa", args.isa), ("--bf16", args.bf16)):
+        if given and not args.validate:
+            raise ValueError("{} needs --validate VALDIR (it only changes how the validation runs)".format(flag))
     source = load_source(args.weights)
     sizes = [parse_size(s) for s in args.size.split(",")] if args.size else [parse_size(source.card.input_size)]
     settings = QuantSettings(per_channel=not args.per_tensor, activation_symmetric=args.symmetric_activations,
