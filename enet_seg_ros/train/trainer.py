@@ -49,6 +49,7 @@ from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
 from .recipes import paper_recipe, recipe_for
+from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
 
 log = logging.getLogger("enet_seg_ros.train")
 CHECKPOINT = "last.pt"
@@ -102,7 +103,9 @@ class TrainConfig:
     encoder_batch_size: Optional[int] = None  # default: batch_size (ESPNet paper: 12 vs 6)
     color_jitter: float = 0.0
     precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32
-    compile: bool = False  # torch.compile the model (forward + backward)
+    # torch.compile the model (forward + backward): True / False, or None = auto (speed.compile_decision:
+    # on CPU for the archs it speeds up, in runs long enough to repay the compile).
+    compile: Optional[bool] = None
     select: str = "last"  # checkpoint selection: last | holdout | val (see the module doc)
     holdout: int = 0  # frames held out of train for select=holdout
     # Wall budget (s) of this run: epochs are fitted from a throughput probe, and training stops
@@ -253,6 +256,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on each step's re-allocated activations
+        self.memory_format = memory_format_for(self.cfg.arch, self.device)
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
         for name, batch in (("--batch-size", self.cfg.batch_size), ("--encoder-batch-size", self.cfg.encoder_batch_size)):
@@ -333,14 +339,21 @@ class Trainer:
         if cfg.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # channels_last: measured here, it halves ENet's CPU training step (0.8 s vs 1.4 s,
-        # batch 4); on CUDA it is the layout of the bf16 tensor-core convolutions.
-        return model.to(self.device).to(memory_format=torch.channels_last)
+        # batch 4); on CUDA it is the layout of the bf16 tensor-core convolutions. ESPNet trains
+        # faster in NCHW on CPU (speed.memory_format_for).
+        return model.to(self.device).to(memory_format=self.memory_format)
 
     def _stages(self) -> List[str]:
         return {"both": ["encoder", "decoder"], "encoder": ["encoder"], "decoder": ["decoder"]}[self.cfg.stages]
 
     def _stage_epochs(self, stage: str) -> int:
         return self.cfg.encoder_epochs if stage == "encoder" else self.cfg.epochs
+
+    def _planned_steps(self, sampler: DistributedSampler, passes: List["_Pass"], stages: List[str]) -> int:
+        """Training steps of the whole schedule (all stages, epochs and passes)."""
+        n = len(sampler)
+        return sum(self._stage_epochs(s) * len(passes) * self._steps(n, self._stage_batch(s) // self.world)
+                   for s in stages)
 
     def _stage_batch(self, stage: str) -> int:
         """Global batch of ``stage`` (the ESPNet recipe trains ESPNet-C with a larger one)."""
@@ -363,8 +376,7 @@ class Trainer:
 
     def _optimizer(self, model: nn.Module):
         cfg = self.cfg
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return opt
+        return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _scheduler(self, opt, stage: str):
         epochs = self._stage_epochs(stage)
@@ -423,7 +435,7 @@ class Trainer:
         """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
         if self.pre.swap_rb("rgb"):
             x = x.flip(1)
-        return ((x - self._mean) * self._factor).contiguous(memory_format=torch.channels_last)
+        return ((x - self._mean) * self._factor).contiguous(memory_format=self.memory_format)
 
     def _step(self, model, opt, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
         """One optimiser step; returns the (detached) loss."""
@@ -480,7 +492,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: nn.Module, stage: str, store: Optional[FrameStore] = None) -> Dict[str, Any]:
         """Mean IoU etc. on the validation split (or ``store``); encoder stage: on labels at 1/stride."""
-        net = model.module if hasattr(model, "module") else model
+        # Eager, not the compiled training graph: an eval graph would be one more compile per shape.
+        net = getattr(model, "_orig_mod", model)
+        net = net.module if hasattr(net, "module") else net
         net.eval()
         store = self.val_store if store is None else store
         n = self.spec.num_classes
@@ -599,15 +613,20 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        if cfg.compile:
+        passes = self._passes()
+        sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        self.compiled, why = compile_decision(cfg.compile, cfg.arch, self.device,
+                                              self._planned_steps(sampler, passes, stages))
+        log.info("torch.compile %s: %s", "on" if self.compiled else "off", why)
+        if self.compiled:
             import torch._dynamo as dynamo
 
             # Stages (encoder_only) and multi-scale passes are distinct graphs; allow them all.
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 32)
+            if cfg.compile is None:
+                dynamo.config.suppress_errors = True  # auto: a failed compile falls back to eager
             model = torch.compile(model)
-        passes = self._passes()
-        sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
-                                     shuffle=True, seed=cfg.seed, drop_last=True)
         if cfg.budget_s and ckpt is None:
             self._fit_budget(model, net, sampler, passes, stages)
         log.info("training %s on %s in %s, %d pass(es) per epoch, epochs %s", cfg.arch, self.device, self.precision,
