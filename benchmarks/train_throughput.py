@@ -117,7 +117,13 @@ def steps_ab(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         nets = {k: build_model(arch, 11).to(memory_format=torch.channels_last).train() for k in ("before", "after")}
         opts = {k: torch.optim.Adam(m.parameters(), lr=5e-4, weight_decay=2e-4) for k, m in nets.items()}
-        fmt, forward, compiled, why = torch.channels_last, nets["after"], False, "no speed module"
+        fmt, compiled, why = torch.channels_last, False, "no speed module"
+
+        def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = nets["after"](x)
+            return F.cross_entropy(out.float(), y, ignore_index=11)
+
         if speed is not None:
             fmt = speed.memory_format_for(arch, torch.device("cpu"))
             nets["after"] = nets["after"].to(memory_format=fmt)
@@ -125,7 +131,8 @@ def steps_ab(args: argparse.Namespace) -> int:
             setting = {"auto": None, "on": True, "off": False}[args.compile]
             # auto decides as for a full-length run (far more steps than this benchmark times).
             compiled, why = speed.compile_decision(setting, arch, torch.device("cpu"), 10 ** 6)
-            forward = torch.compile(nets["after"]) if compiled else nets["after"]
+        # As the trainer: forward and loss compiled as one graph.
+        step_loss = torch.compile(forward_loss) if compiled else forward_loss
         old_aug = TrainAugment(size, 11, (0.75, 1.5), crop_size=crop)
         new_aug = BatchAugment(size, 11, (0.75, 1.5), crop_size=crop)
 
@@ -150,9 +157,7 @@ def steps_ab(args: argparse.Namespace) -> int:
             t = torch.as_tensor(idx)
             x, y = new_aug(store.images[t], store.labels[t], params)
             x = normalize_batch(x, "rgb", mean, std).contiguous(memory_format=fmt)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = forward(x)
-            loss = F.cross_entropy(out.float(), y, ignore_index=11)
+            loss = step_loss(x, y)
             opts["after"].zero_grad(set_to_none=True)
             loss.backward()
             opts["after"].step()
