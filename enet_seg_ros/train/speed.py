@@ -6,12 +6,14 @@ Measured on this project's 2-core AMX Xeon at the recipe crop (BENCHMARKS.md, "T
 * memory format: ``channels_last`` is much faster for ERFNet and ENet on CPU, but ESPNet (many
   dilated 3x3 convolutions on few channels, and concatenations) trains ~10 % faster in NCHW. On
   CUDA every arch uses ``channels_last`` (the tensor-core layout).
-* ``torch.compile``: fusing BatchNorm / PReLU / casts / additions cuts ENet's step by ~35 % and
-  ESPNet's by ~40 %, after a one-off compile of 50-110 s (seconds when inductor's on-disk cache
-  already holds the graphs); ERFNet's compiled step is *slower* than eager (its time is in
-  convolutions, not in the ops a compile fuses). ``auto`` therefore compiles only those archs,
-  only on CPU (not measured on a GPU yet: pass ``--compile`` there), only for runs long enough to
-  repay the compile, and falls back to eager if inductor cannot build (no C++ compiler).
+* ``torch.compile`` of forward + loss as one graph (scope ``step``): fusing BatchNorm / PReLU /
+  casts / additions and the loss cuts ENet's step by ~40 % and ESPNet's by ~40 %, after a
+  one-off compile of 50-110 s (seconds when inductor's on-disk cache already holds the graphs).
+  ERFNet's compiled forward is *slower* than eager (its time is in convolutions; inductor's
+  BatchNorm kernels lose to oneDNN's here), so for it only the loss (float cast, log-softmax,
+  weighted NLL over full-resolution logits) is compiled (scope ``loss``: ~5 %, a ~5 s compile).
+  ``auto`` decides so on CPU only (not measured on a GPU yet: pass ``--compile`` there), only for
+  runs long enough to repay the compile, and without a C++ compiler for inductor not at all.
 * Adam ``fused=True``: one kernel over all parameters (the same update, in float32) instead of
   ~10 ops per parameter tensor: 2-3 % of a CPU step.
 * glibc malloc: a training step frees and reallocates the same few-MB activations every step;
@@ -36,9 +38,12 @@ log = logging.getLogger("enet_seg_ros.train")
 CPU_CONTIGUOUS_ARCHS = frozenset({"espnet", "espnet_c"})
 # Archs whose CPU training step torch.compile makes faster (ERFNet: slower compiled).
 CPU_COMPILE_ARCHS = frozenset({"enet", "espnet", "espnet_c"})
-# compile=auto compiles only runs of at least this many training steps: a cold compile costs
-# 50-110 s here and saves ~0.2 s per step, so shorter runs (tests, smoke runs) would lose.
+# compile=auto compiles the whole step only in runs of at least this many training steps: a cold
+# compile costs 50-110 s here and saves ~0.2 s per step, so shorter runs (tests, smoke runs) lose.
 COMPILE_MIN_STEPS = 1000
+# ... and the loss alone (a ~5 s compile saving ~15 ms per step) in runs of at least this many.
+LOSS_COMPILE_MIN_STEPS = 500
+COMPILE_SCOPES = ("off", "loss", "step")
 
 
 def memory_format_for(arch: str, device: torch.device) -> torch.memory_format:
@@ -53,20 +58,26 @@ def _have_cxx() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def compile_decision(setting: Optional[bool], arch: str, device: torch.device, planned_steps: int) -> Tuple[bool, str]:
-    """(compile or not, why) for ``--compile`` / ``--no-compile`` (True / False) or auto (None)."""
+def compile_decision(setting: Optional[bool], arch: str, device: torch.device, planned_steps: int) -> Tuple[str, str]:
+    """(scope, why) for ``--compile`` / ``--no-compile`` (True / False) or auto (None).
+
+    scope: ``step`` (forward + loss compiled as one graph), ``loss`` (the loss only) or ``off``.
+    """
     if setting is not None:
-        return bool(setting), "asked ({})".format("--compile" if setting else "--no-compile")
+        return ("step" if setting else "off"), "asked ({})".format("--compile" if setting else "--no-compile")
     if device.type != "cpu":
-        return False, "auto: off on {} (not measured there; --compile turns it on)".format(device.type)
-    if arch not in CPU_COMPILE_ARCHS:
-        return False, "auto: off ({}'s eager CPU step is faster than its compiled one)".format(arch)
-    if planned_steps < COMPILE_MIN_STEPS:
-        return False, "auto: off ({} training steps < {}: too few to repay the compile)".format(
-            planned_steps, COMPILE_MIN_STEPS)
+        return "off", "auto: off on {} (not measured there; --compile turns it on)".format(device.type)
+    if planned_steps < LOSS_COMPILE_MIN_STEPS:
+        return "off", "auto: off ({} training steps < {}: too few to repay a compile)".format(
+            planned_steps, LOSS_COMPILE_MIN_STEPS)
     if not _have_cxx():
-        return False, "auto: off (no C++ compiler for inductor's CPU kernels)"
-    return True, "auto: on ({} training steps)".format(planned_steps)
+        return "off", "auto: off (no C++ compiler for inductor's CPU kernels)"
+    if arch not in CPU_COMPILE_ARCHS:
+        return "loss", "auto: the loss only ({}'s eager CPU forward is faster than its compiled one)".format(arch)
+    if planned_steps < COMPILE_MIN_STEPS:
+        return "loss", "auto: the loss only ({} training steps < {}: too few to repay compiling the step)".format(
+            planned_steps, COMPILE_MIN_STEPS)
+    return "step", "auto: forward + loss ({} training steps)".format(planned_steps)
 
 
 def adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:

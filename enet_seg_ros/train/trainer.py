@@ -259,7 +259,9 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on each step's re-allocated activations
         self.memory_format = memory_format_for(self.cfg.arch, self.device)
-        self._forward_loss_fn = self._forward_loss  # torch.compile-d by run() when compiling
+        # torch.compile-d by run() as speed.compile_decision says (scope step: the first, loss: the second).
+        self._forward_loss_fn = self._forward_loss
+        self._loss_terms_fn = self._loss_terms
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
         for name, batch in (("--batch-size", self.cfg.batch_size), ("--encoder-batch-size", self.cfg.encoder_batch_size)):
@@ -406,9 +408,10 @@ class Trainer:
         return torch.load(path, map_location=self.device, weights_only=True)
 
     # ---------------------------------------------------------------------------------- epochs
-    def _loss_terms(self, logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(weighted loss sum, weighted count of scored pixels) of this process's batch."""
+    def _loss_terms(self, out: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, weighted count of scored pixels) of this process's batch, in float32."""
         ignore = self.spec.ignore_index
+        logits = out.float()
         loss_sum = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore, reduction="sum")
         valid = target != ignore
         if self.class_weights is not None:
@@ -426,7 +429,7 @@ class Trainer:
         if encoder:
             # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
             y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
-        return self._loss_terms(out.float(), y)
+        return self._loss_terms_fn(out, y)
 
     def _loss(self, loss_sum: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
         """The loss normalised by the global (all-rank) weighted pixel count."""
@@ -626,10 +629,10 @@ class Trainer:
         passes = self._passes()
         sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
                                      shuffle=True, seed=cfg.seed, drop_last=True)
-        self.compiled, why = compile_decision(cfg.compile, cfg.arch, self.device,
-                                              self._planned_steps(sampler, passes, stages))
-        log.info("torch.compile %s: %s", "on" if self.compiled else "off", why)
-        if self.compiled:
+        self.compile_scope, why = compile_decision(cfg.compile, cfg.arch, self.device,
+                                                   self._planned_steps(sampler, passes, stages))
+        log.info("torch.compile: %s", why)
+        if self.compile_scope != "off":
             import torch._dynamo as dynamo
 
             # Stages (encoder_only) and multi-scale passes are distinct graphs; allow them all.
@@ -638,7 +641,10 @@ class Trainer:
                 dynamo.config.suppress_errors = True  # auto: a failed compile falls back to eager
             # Forward and loss in one graph (the float cast, log-softmax and NLL fuse too: ~7 %
             # of ENet's compiled CPU step); validation and export use the eager model.
-            self._forward_loss_fn = torch.compile(self._forward_loss)
+            if self.compile_scope == "step":
+                self._forward_loss_fn = torch.compile(self._forward_loss)
+            else:
+                self._loss_terms_fn = torch.compile(self._loss_terms)
         if cfg.budget_s and ckpt is None:
             self._fit_budget(model, net, sampler, passes, stages)
         log.info("training %s on %s in %s, %d pass(es) per epoch, epochs %s", cfg.arch, self.device, self.precision,
