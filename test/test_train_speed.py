@@ -154,3 +154,22 @@ def test_keep_freed_memory_is_idempotent():
     assert speed.keep_freed_memory() == first
     if sys.platform.startswith("linux"):
         assert first is True
+
+
+def test_bf16_follows_the_onednn_isa_cap(tmp_path, monkeypatch):
+    """An ONEDNN_MAX_CPU_ISA cap below bf16 (an AVX2-only imitation) makes precision auto fp32."""
+    from enet_seg_ros.train.trainer import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu_has_bf16(str(info)) is True
+    for cap in ("AVX2", "avx512_core", "AVX512_CORE_VNNI"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert cpu_has_bf16(str(info)) is False
+    for cap in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert cpu_has_bf16(str(info)) is True
+    info.write_text("flags\t\t: fpu sse avx2\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert cpu_has_bf16(str(info)) is False

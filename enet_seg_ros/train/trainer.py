@@ -144,7 +144,14 @@ class TrainConfig:
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none)."""
+    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none).
+
+    A oneDNN ISA cap (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2`` to imitate an AVX2-only machine)
+    below bf16 counts as no bf16: oneDNN would run bf16 convolutions on slow reference paths.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap != "ALL" and not any(t in cap for t in ("BF16", "AMX", "FP16", "AVX10")):
+        return False
     try:
         with open(cpuinfo) as f:
             for line in f:
