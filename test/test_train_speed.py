@@ -94,6 +94,9 @@ def test_compile_decision():
     assert scope == "off" and "too few" in why
     scope, why = speed.compile_decision(None, "enet", torch.device("cuda"), long_run)
     assert scope == "off" and "cuda" in why
+    scope, why = speed.compile_decision(None, "enet", CPU, long_run, processes=2)
+    assert scope == "off" and "2 processes" in why
+    assert speed.compile_decision(True, "enet", CPU, long_run, processes=2)[0] == "step"
 
 
 @pytest.mark.parametrize("scope", ["loss", "step"])

@@ -58,7 +58,8 @@ def _have_cxx() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def compile_decision(setting: Optional[bool], arch: str, device: torch.device, planned_steps: int) -> Tuple[str, str]:
+def compile_decision(setting: Optional[bool], arch: str, device: torch.device, planned_steps: int,
+                     processes: int = 1) -> Tuple[str, str]:
     """(scope, why) for ``--compile`` / ``--no-compile`` (True / False) or auto (None).
 
     scope: ``step`` (forward + loss compiled as one graph), ``loss`` (the loss only) or ``off``.
@@ -67,6 +68,8 @@ def compile_decision(setting: Optional[bool], arch: str, device: torch.device, p
         return ("step" if setting else "off"), "asked ({})".format("--compile" if setting else "--no-compile")
     if device.type != "cpu":
         return "off", "auto: off on {} (not measured there; --compile turns it on)".format(device.type)
+    if processes > 1:
+        return "off", "auto: off with {} processes (not measured under DDP; --compile turns it on)".format(processes)
     if planned_steps < LOSS_COMPILE_MIN_STEPS:
         return "off", "auto: off ({} training steps < {}: too few to repay a compile)".format(
             planned_steps, LOSS_COMPILE_MIN_STEPS)

@@ -637,7 +637,7 @@ class Trainer:
         sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
                                      shuffle=True, seed=cfg.seed, drop_last=True)
         self.compile_scope, why = compile_decision(cfg.compile, cfg.arch, self.device,
-                                                   self._planned_steps(sampler, passes, stages))
+                                                   self._planned_steps(sampler, passes, stages), self.world)
         log.info("torch.compile: %s", why)
         if self.compile_scope != "off":
             import torch._dynamo as dynamo
