@@ -103,8 +103,8 @@ class TrainConfig:
     encoder_batch_size: Optional[int] = None  # default: batch_size (ESPNet paper: 12 vs 6)
     color_jitter: float = 0.0
     precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32
-    # torch.compile the model (forward + backward): True / False, or None = auto (speed.compile_decision:
-    # on CPU for the archs it speeds up, in runs long enough to repay the compile).
+    # torch.compile forward + loss (and so their backward): True / False, or None = auto
+    # (speed.compile_decision: on CPU, per arch, in runs long enough to repay the compile).
     compile: Optional[bool] = None
     select: str = "last"  # checkpoint selection: last | holdout | val (see the module doc)
     holdout: int = 0  # frames held out of train for select=holdout
