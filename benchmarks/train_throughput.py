@@ -14,7 +14,12 @@ of the baseline trainer (per-sample numpy/OpenCV ``TrainAugment`` + ``normalize`
 decoded frames, collate, fp32 forward/backward/Adam; what ``main``'s trainer ran per step with
 ``--workers 0``) and the step of this trainer (``BatchAugment`` on the frame store, bf16
 autocast where the CPU has AMX / AVX512-BF16), on two copies of the network, alternating step
-by step; median step times. Both use ``channels_last`` (as both trainers do on CPU).
+by step; median step times. The baseline uses ``channels_last`` and the default Adam (as
+``main``'s trainer did); the new step takes the trainer's per-arch settings
+(``enet_seg_ros.train.speed``: memory format, fused Adam, and ``torch.compile`` as ``--compile
+auto`` decides for a full-length run, or as ``--compile on|off`` says; the compile happens in the
+untimed warm-up step and its wall time is recorded). Not its glibc malloc setting: that is
+process-wide and would change the baseline's allocator too.
 
 Usage (from the repo root)::
 
@@ -87,6 +92,11 @@ def steps_ab(args: argparse.Namespace) -> int:
     from enet_seg_ros.nets import build_model
     from enet_seg_ros.train.trainer import effective_precision
 
+    try:  # this trainer's per-arch settings (older checkouts as --after have none)
+        from enet_seg_ros.train import speed
+    except ImportError:
+        speed = None
+
     torch.set_num_threads(args.threads)
     crop = tuple(int(v) for v in args.crop.split("x"))
     size = (480, 360)
@@ -96,6 +106,9 @@ def steps_ab(args: argparse.Namespace) -> int:
               "cpu_flags": cpu_flags(), "nproc": os.cpu_count(), "torch": torch.__version__,
               "threads": args.threads, "crop": args.crop, "size": "480x360", "batch": BATCH,
               "new_precision": precision, "load_average_start": os.getloadavg(), "archs": {}}
+    # No speed.keep_freed_memory() here: it is process-wide and would also change the baseline's
+    # allocator, which main's trainer never had (the new trainer's ~5 % from it is not counted).
+    result["malloc_keeps_freed_memory"] = False
     full = build_dataset("camvid", Path(args.data).resolve(), "train", cache=True)
     for arch in args.archs.split(","):
         b = BATCH[arch]
@@ -104,6 +117,27 @@ def steps_ab(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         nets = {k: build_model(arch, 11).to(memory_format=torch.channels_last).train() for k in ("before", "after")}
         opts = {k: torch.optim.Adam(m.parameters(), lr=5e-4, weight_decay=2e-4) for k, m in nets.items()}
+        fmt, scope, why = torch.channels_last, "off", "no speed module"
+
+        def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out.float(), y, ignore_index=11)
+
+        def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = nets["after"](x)
+            return loss_of(out, y)
+
+        if speed is not None:
+            fmt = speed.memory_format_for(arch, torch.device("cpu"))
+            nets["after"] = nets["after"].to(memory_format=fmt)
+            opts["after"] = speed.adam(nets["after"].parameters(), lr=5e-4, weight_decay=2e-4)
+            setting = {"auto": None, "on": True, "off": False}[args.compile]
+            # auto decides as for a full-length run (far more steps than this benchmark times).
+            scope, why = speed.compile_decision(setting, arch, torch.device("cpu"), 10 ** 6)
+        # As the trainer: forward and loss compiled as one graph (scope step), or the loss only.
+        step_loss = torch.compile(forward_loss) if scope == "step" else forward_loss
+        if scope == "loss":
+            loss_of = torch.compile(loss_of)
         old_aug = TrainAugment(size, 11, (0.75, 1.5), crop_size=crop)
         new_aug = BatchAugment(size, 11, (0.75, 1.5), crop_size=crop)
 
@@ -127,26 +161,30 @@ def steps_ab(args: argparse.Namespace) -> int:
             params = [new_aug.draw(np.random.default_rng([0, 0, step, i])) for i in idx]
             t = torch.as_tensor(idx)
             x, y = new_aug(store.images[t], store.labels[t], params)
-            x = normalize_batch(x, "rgb", mean, std).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = nets["after"](x)
-            loss = F.cross_entropy(out.float(), y, ignore_index=11)
+            x = normalize_batch(x, "rgb", mean, std).contiguous(memory_format=fmt)
+            loss = step_loss(x, y)
             opts["after"].zero_grad(set_to_none=True)
             loss.backward()
             opts["after"].step()
 
         times: Dict[str, List[float]] = {"before": [], "after": []}
+        warmup: Dict[str, float] = {}
         for step in range(args.steps_ab + 1):
             for name, fn in (("before", before), ("after", after)) if step % 2 == 0 else (("after", after), ("before", before)):
                 t0 = time.perf_counter()
                 fn(step)
-                if step:  # step 0 warms up (oneDNN kernel selection, allocator)
+                if step:  # step 0 warms up (oneDNN kernel selection, allocator, the compile)
                     times[name].append(time.perf_counter() - t0)
+                else:
+                    warmup[name] = round(time.perf_counter() - t0, 1)
         med = {k: statistics.median(v) for k, v in times.items()}
         result["archs"][arch] = {
             "before_step_s": [round(t, 3) for t in times["before"]], "after_step_s": [round(t, 3) for t in times["after"]],
             "before_images_per_second": round(b / med["before"], 2), "after_images_per_second": round(b / med["after"], 2),
-            "speedup": round(med["before"] / med["after"], 2)}
+            "speedup": round(med["before"] / med["after"], 2), "warmup_step_s": warmup,
+            "after_settings": {"memory_format": str(fmt).replace("torch.", ""),
+                               "adam_fused": bool(opts["after"].defaults.get("fused")),
+                               "compile_scope": scope, "compile_why": why}}
         print("{}: before {:.2f}, after {:.2f} images/s (median of {} interleaved steps): x{:.2f}".format(
             arch, b / med["before"], b / med["after"], args.steps_ab, med["before"] / med["after"]), flush=True)
     result["load_average_end"] = os.getloadavg()
@@ -170,6 +208,8 @@ def main() -> int:
     p.add_argument("--mode", choices=["runs", "steps"], default="runs",
                    help="runs: whole train runs of both checkouts; steps: in-process step A/B (see above)")
     p.add_argument("--steps-ab", type=int, default=8, help="--mode steps: timed steps per side")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="--mode steps: torch.compile of the new step (auto: as the trainer decides for a long run)")
     args = p.parse_args()
     if args.mode == "steps":
         return steps_ab(args)

@@ -100,7 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random brightness / contrast / saturation factors in [1-J, 1+J] (default 0: off)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (forward and backward)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (forward and backward); default: auto, on CPU for ENet and "
+                        "ESPNet in runs of >= 1000 steps (a one-off compile of ~1-2 min that their steps repay), "
+                        "off for ERFNet (slower compiled) and on CUDA")
     p.add_argument("--select", choices=["last", "holdout", "val"], default="last",
                    help="checkpoint to export: last (fixed schedule, last epoch), holdout (best on --holdout "
                         "frames held out of train) or val (best on val: optimistic, the score also picked it)")

@@ -49,6 +49,7 @@ from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
 from .recipes import paper_recipe, recipe_for
+from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
 
 log = logging.getLogger("enet_seg_ros.train")
 CHECKPOINT = "last.pt"
@@ -102,7 +103,9 @@ class TrainConfig:
     encoder_batch_size: Optional[int] = None  # default: batch_size (ESPNet paper: 12 vs 6)
     color_jitter: float = 0.0
     precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32
-    compile: bool = False  # torch.compile the model (forward + backward)
+    # torch.compile forward + loss (and so their backward): True / False, or None = auto
+    # (speed.compile_decision: on CPU, per arch, in runs long enough to repay the compile).
+    compile: Optional[bool] = None
     select: str = "last"  # checkpoint selection: last | holdout | val (see the module doc)
     holdout: int = 0  # frames held out of train for select=holdout
     # Wall budget (s) of this run: epochs are fitted from a throughput probe, and training stops
@@ -141,7 +144,14 @@ class TrainConfig:
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none)."""
+    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none).
+
+    A oneDNN ISA cap (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2`` to imitate an AVX2-only machine)
+    below bf16 counts as no bf16: oneDNN would run bf16 convolutions on slow reference paths.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap != "ALL" and not any(t in cap for t in ("BF16", "AMX", "FP16", "AVX10")):
+        return False
     try:
         with open(cpuinfo) as f:
             for line in f:
@@ -253,6 +263,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on each step's re-allocated activations
+        self.memory_format = memory_format_for(self.cfg.arch, self.device)
+        # torch.compile-d by run() as speed.compile_decision says (scope step: the first, loss: the second).
+        self._forward_loss_fn = self._forward_loss
+        self._loss_terms_fn = self._loss_terms
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
         for name, batch in (("--batch-size", self.cfg.batch_size), ("--encoder-batch-size", self.cfg.encoder_batch_size)):
@@ -333,14 +349,21 @@ class Trainer:
         if cfg.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # channels_last: measured here, it halves ENet's CPU training step (0.8 s vs 1.4 s,
-        # batch 4); on CUDA it is the layout of the bf16 tensor-core convolutions.
-        return model.to(self.device).to(memory_format=torch.channels_last)
+        # batch 4); on CUDA it is the layout of the bf16 tensor-core convolutions. ESPNet trains
+        # faster in NCHW on CPU (speed.memory_format_for).
+        return model.to(self.device).to(memory_format=self.memory_format)
 
     def _stages(self) -> List[str]:
         return {"both": ["encoder", "decoder"], "encoder": ["encoder"], "decoder": ["decoder"]}[self.cfg.stages]
 
     def _stage_epochs(self, stage: str) -> int:
         return self.cfg.encoder_epochs if stage == "encoder" else self.cfg.epochs
+
+    def _planned_steps(self, sampler: DistributedSampler, passes: List["_Pass"], stages: List[str]) -> int:
+        """Training steps of the whole schedule (all stages, epochs and passes)."""
+        n = len(sampler)
+        return sum(self._stage_epochs(s) * len(passes) * self._steps(n, self._stage_batch(s) // self.world)
+                   for s in stages)
 
     def _stage_batch(self, stage: str) -> int:
         """Global batch of ``stage`` (the ESPNet recipe trains ESPNet-C with a larger one)."""
@@ -363,8 +386,7 @@ class Trainer:
 
     def _optimizer(self, model: nn.Module):
         cfg = self.cfg
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return opt
+        return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _scheduler(self, opt, stage: str):
         epochs = self._stage_epochs(stage)
@@ -393,15 +415,32 @@ class Trainer:
         return torch.load(path, map_location=self.device, weights_only=True)
 
     # ---------------------------------------------------------------------------------- epochs
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss_terms(self, out: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, weighted count of scored pixels) of this process's batch, in float32."""
         ignore = self.spec.ignore_index
+        logits = out.float()
         loss_sum = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore, reduction="sum")
         valid = target != ignore
         if self.class_weights is not None:
-            denom = self.class_weights[target.clamp(max=self.spec.num_classes - 1)][valid].sum()
+            # A product with the mask, not boolean indexing: no data-dependent shape (compiles whole).
+            denom = (self.class_weights[target.clamp(max=self.spec.num_classes - 1)] * valid).sum()
         else:
             denom = valid.sum().to(logits.dtype)
-        denom = denom.detach().clone()
+        return loss_sum, denom.detach()
+
+    def _forward_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      encoder: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass and loss terms of one batch: what ``torch.compile`` compiles (one graph with the loss)."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = model(x)
+        if encoder:
+            # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
+            y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
+        return self._loss_terms_fn(out, y)
+
+    def _loss(self, loss_sum: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+        """The loss normalised by the global (all-rank) weighted pixel count."""
+        denom = denom.clone()
         if self.world > 1:
             dist.all_reduce(denom)
         # DDP averages gradients over ranks, so scale by the world size to get sum / global count.
@@ -423,16 +462,11 @@ class Trainer:
         """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
         if self.pre.swap_rb("rgb"):
             x = x.flip(1)
-        return ((x - self._mean) * self._factor).contiguous(memory_format=torch.channels_last)
+        return ((x - self._mean) * self._factor).contiguous(memory_format=self.memory_format)
 
     def _step(self, model, opt, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
         """One optimiser step; returns the (detached) loss."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            out = model(x)
-        if stage == "encoder":
-            # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
-            y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
-        loss = self._loss(out.float(), y)
+        loss = self._loss(*self._forward_loss_fn(model, x, y, stage == "encoder"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -599,15 +633,25 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        if cfg.compile:
+        passes = self._passes()
+        sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        self.compile_scope, why = compile_decision(cfg.compile, cfg.arch, self.device,
+                                                   self._planned_steps(sampler, passes, stages), self.world)
+        log.info("torch.compile: %s", why)
+        if self.compile_scope != "off":
             import torch._dynamo as dynamo
 
             # Stages (encoder_only) and multi-scale passes are distinct graphs; allow them all.
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 32)
-            model = torch.compile(model)
-        passes = self._passes()
-        sampler = DistributedSampler(range(len(self.train_store)), num_replicas=self.world, rank=self.rank,
-                                     shuffle=True, seed=cfg.seed, drop_last=True)
+            if cfg.compile is None:
+                dynamo.config.suppress_errors = True  # auto: a failed compile falls back to eager
+            # Forward and loss in one graph (the float cast, log-softmax and NLL fuse too: ~7 %
+            # of ENet's compiled CPU step); validation and export use the eager model.
+            if self.compile_scope == "step":
+                self._forward_loss_fn = torch.compile(self._forward_loss)
+            else:
+                self._loss_terms_fn = torch.compile(self._loss_terms)
         if cfg.budget_s and ckpt is None:
             self._fit_budget(model, net, sampler, passes, stages)
         log.info("training %s on %s in %s, %d pass(es) per epoch, epochs %s", cfg.arch, self.device, self.precision,
