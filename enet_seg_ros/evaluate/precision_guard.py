@@ -154,16 +154,8 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
     reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
     record_settings = {"calibration_digest": calibration_digest(calibration, calibration_limit),
                        "quantization": settings.to_dict()}
-    candidates: Dict[str, Any] = {}
-    unavailable: Dict[str, str] = {}
-    for name in backends:
-        try:
-            candidates[name] = Segmenter(source, backend=name, precision="int8", device="cpu",
-                                         calibration=calibration, calibration_limit=calibration_limit,
-                                         int8=record_settings, **common)
-        except Exception as exc:
-            unavailable[name] = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            say("int8 on {}: not available here ({})".format(name, unavailable[name]))
+    candidates, unavailable = _lossy_segmenters(source, backends, "int8", say, calibration=calibration,
+                                                calibration_limit=calibration_limit, int8=record_settings, **common)
     if not candidates:
         raise RuntimeError("no backend could run the int8 graph: {}".format(unavailable))
     say("validating int8 of {} on {} over {} frames ({})".format(card.arch, ", ".join(candidates), len(pairs),
@@ -173,9 +165,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
     rejected: Dict[str, Any] = {}
     capped = cpu_int8_class() != cpu_int8_class(honour_cap=False)  # ONEDNN_MAX_CPU_ISA hides VNNI
     for name, res in result["candidates"].items():
-        ok, why = verdict(result["reference_miou"], res["miou"], res["agreement_vs_fp32"], max_drop_pt, min_agreement)
-        row = {"miou": round(res["miou"], 5), "miou_drop_pt": round((result["reference_miou"] - res["miou"]) * 100, 3),
-               "agreement_vs_fp32": round(res["agreement_vs_fp32"], 5), "verdict": why}
+        ok, row = _judged_row(result["reference_miou"], res, max_drop_pt, min_agreement)
         if capped and name in ISA_CAP_IGNORED:
             if settings.weight_bits != 7:
                 unavailable[name] = ("ignores ONEDNN_MAX_CPU_ISA: its non-VNNI int8 kernels cannot be checked on this "
@@ -186,7 +176,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
             row["isa_note"] = ("measured with this CPU's VNNI kernels ({} ignores ONEDNN_MAX_CPU_ISA); with 7-bit "
                                "weights its AVX2 u8 x s8 kernel computes the same integers".format(name))
         (checked if ok else rejected)[name] = row
-        say("int8 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", why))
+        say("int8 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", row["verdict"]))
     w, h = reference.input_size
     return {
         "accepted": bool(checked),
@@ -208,6 +198,30 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _lossy_segmenters(source, backends: Sequence[str], precision: str, say: Callable[[str], None],
+                      **kwargs: Any) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """({backend: Segmenter}, {backend: why not}) for ``precision`` on each of ``backends`` (CPU)."""
+    from ..engine import Segmenter
+
+    candidates: Dict[str, Any] = {}
+    unavailable: Dict[str, str] = {}
+    for name in backends:
+        try:
+            candidates[name] = Segmenter(source, backend=name, precision=precision, device="cpu", **kwargs)
+        except Exception as exc:
+            unavailable[name] = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            say("{} on {}: not available here ({})".format(precision, name, unavailable[name]))
+    return candidates, unavailable
+
+
+def _judged_row(reference_miou: float, res: Dict[str, Any], max_drop_pt: float,
+                min_agreement: float) -> Tuple[bool, Dict[str, Any]]:
+    """(accepted, the card row) of one candidate's comparison result against the accuracy bar."""
+    ok, why = verdict(reference_miou, res["miou"], res["agreement_vs_fp32"], max_drop_pt, min_agreement)
+    return ok, {"miou": round(res["miou"], 5), "miou_drop_pt": round((reference_miou - res["miou"]) * 100, 3),
+                "agreement_vs_fp32": round(res["agreement_vs_fp32"], 5), "verdict": why}
 
 
 # Backends whose CPU kernels do not honour ONEDNN_MAX_CPU_ISA (ONNX Runtime's MLAS dispatches on cpuid).
@@ -294,25 +308,16 @@ def validate_bf16(weights: PathLike, val_images: PathLike, val_labels: Optional[
         pairs = pairs[:frame_limit]
     common = dict(input_size=size, threads=threads, cache_dir=cache_dir, warmup=0, strict=True)
     reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
-    candidates: Dict[str, Any] = {}
-    unavailable: Dict[str, str] = {}
-    for name in backends:
-        try:
-            candidates[name] = Segmenter(source, backend=name, precision="bf16", device="cpu", **common)
-        except Exception as exc:
-            unavailable[name] = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            say("bf16 on {}: not available here ({})".format(name, unavailable[name]))
+    candidates, unavailable = _lossy_segmenters(source, backends, "bf16", say, **common)
     if not candidates:
         raise RuntimeError("no backend could run bf16: {}".format(unavailable))
     result = compare_precisions(reference, candidates, pairs, card.num_classes, say)
     checked: Dict[str, Any] = {}
     rejected: Dict[str, Any] = {}
     for name, res in result["candidates"].items():
-        ok, why = verdict(result["reference_miou"], res["miou"], res["agreement_vs_fp32"], max_drop_pt, min_agreement)
-        row = {"miou": round(res["miou"], 5), "miou_drop_pt": round((result["reference_miou"] - res["miou"]) * 100, 3),
-               "agreement_vs_fp32": round(res["agreement_vs_fp32"], 5), "verdict": why}
+        ok, row = _judged_row(result["reference_miou"], res, max_drop_pt, min_agreement)
         (checked if ok else rejected)[name] = row
-        say("bf16 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", why))
+        say("bf16 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", row["verdict"]))
     w, h = reference.input_size
     return {"accepted": bool(checked), "backends": checked, "rejected": rejected, "unavailable": unavailable,
             "validation": "{} ({} frames)".format(Path(str(val_images)).name, len(pairs)), "val_frames": len(pairs),
