@@ -133,11 +133,21 @@ for arch in enet espnet erfnet; do
   for f in best.safetensors best.card.json log.csv config.json budget.json class_weights.json dataset_stats.json; do
     [ -f "$run/$f" ] && cp "$run/$f" "$PACK/runs/$arch/"
   done
-  # (smoke: ENet only, each eval-dir is a fresh Python with torch to import)
-  if [ -f "$run/best.safetensors" ] && { { [ "$SMOKE" = 0 ] && [ "$(left)" -gt $(( EVAL_TIMEOUT + 30 )) ]; } \
+  # (smoke: ENet only, each command is a fresh Python with torch to import)
+  if [ -f "$run/best.safetensors" ] && { { [ "$SMOKE" = 0 ] && [ "$(left)" -gt $(( 2 * EVAL_TIMEOUT + 30 )) ]; } \
                                          || { [ "$SMOKE" = 1 ] && [ "$arch" = enet ]; }; }; then
+    # Per-class logit offsets fitted on train (enet-seg calibrate), val scored once after:
+    # the file to ship when it beats the current model. eval-dir then cross-checks its card.
+    WEIGHTS="$run/best.safetensors"
+    if timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli calibrate "$run/best.safetensors" --dataset camvid \
+         --data-root "$ROOT" --device "$DEVICE" --out "$PACK/runs/$arch/calibrated.safetensors" \
+         > "$LOGS/calibrate_$arch.log" 2>&1; then
+      WEIGHTS="$PACK/runs/$arch/calibrated.safetensors"
+    else
+      echo "calibrate $arch: exit $?" | tee -a "$LOGS/gpu_run.log"
+    fi
     timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli eval-dir --dataset camvid --images "$EVAL_IMAGES" --labels "$EVAL_LABELS" \
-      --weights "$run/best.safetensors" --backend torch --device "$DEVICE" --no-progress \
+      --weights "$WEIGHTS" --backend torch --device "$DEVICE" --no-progress \
       --out "$PACK/runs/$arch/eval_val" > "$LOGS/eval_$arch.log" 2>&1 \
       || echo "eval-dir $arch: exit $?" | tee -a "$LOGS/gpu_run.log"
   fi
@@ -192,6 +202,9 @@ for arch in ("enet", "espnet", "erfnet"):
         m = json.loads((run / "best.card.json").read_text())["metrics"]
         info.update({k: m.get(k) for k in ("val_miou", "stage", "epoch", "train_time_s", "precision", "stopped_early")})
         info["protocol"] = m.get("protocol", {}).get("select")
+    if (run / "calibrated.card.json").is_file():
+        m = json.loads((run / "calibrated.card.json").read_text())["metrics"]
+        info["calibrated_val_miou"] = m.get("val_miou")
     if (run / "budget.json").is_file():
         b = json.loads((run / "budget.json").read_text())
         info["probe"] = b.get("stages")

@@ -22,6 +22,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("quantize", "quantize", "int8 Q/DQ graphs: calibrate, validate against fp32, record in the model card"),
     ("bench", "bench", "benchmark archs x backends x sizes (latency, fps, GFLOPs)"),
     ("train", "train", "train a network on Cityscapes or CamVid"),
+    ("calibrate", "calibrate", "fit per-class logit offsets on training frames (best mean IoU), write new weights"),
     ("eval-preds", "eval_preds", "score Cityscapes-format prediction PNGs against gtFine"),
     ("eval-dir", "eval_dir", "run a model over a labelled folder and score it"),
     ("make-bag", "make_bag", "write a ROS 2 bag of camera frames + ground-truth labels"),

@@ -52,7 +52,13 @@ def test_gpu_run_smoke(tmp_path):
         probe = json.loads((run / "budget.json").read_text())
         assert set(probe["stages"]) == {"encoder", "decoder"}
         assert summary["archs"][arch]["val_miou"] == card.metrics["val_miou"]
-    assert (pack / "runs" / "enet" / "eval_val" / "metrics.json").is_file()  # scored via the inference path
+    # ENet's logit offsets fitted on train; eval-dir (the inference path) scores that file and
+    # agrees with its card.
+    calibrated, cal_card = load_model(pack / "runs" / "enet" / "calibrated.safetensors")
+    assert calibrated.logit_offset is not None and cal_card.metrics["logit_offset"]["fitted_on"].startswith("camvid train")
+    assert summary["archs"]["enet"]["calibrated_val_miou"] == cal_card.metrics["val_miou"]
+    measured = json.loads((pack / "runs" / "enet" / "eval_val" / "metrics.json").read_text())
+    assert measured["miou"] == pytest.approx(cal_card.metrics["val_miou"], abs=2e-3)
     logs = {p.name for p in (pack / "logs").iterdir()}
     assert {"train.log", "gpu_run.log", "env.txt", "pytest_gpu.log"} <= logs
     train_log = (pack / "logs" / "train.log").read_text()

@@ -26,12 +26,14 @@ def list_archs() -> List[str]:
     return list(_BUILDERS)
 
 
-def build_model(arch: str, num_classes: int, **options) -> SegmentationNet:
+def build_model(arch: str, num_classes: int, logit_offset: bool = False, **options) -> SegmentationNet:
     """Build an untrained network.
 
     Args:
         arch: one of :func:`list_archs`.
         num_classes: number of output classes.
+        logit_offset: give the network a (zero) per-class logit offset buffer, to be loaded
+            from weights that carry one (see :meth:`SegmentationNet.set_logit_offset`).
         **options: architecture options (e.g. ``p``/``q`` for ESPNet).
     """
     try:
@@ -39,7 +41,10 @@ def build_model(arch: str, num_classes: int, **options) -> SegmentationNet:
     except KeyError:
         raise ValueError("unknown arch {!r}; expected one of {}".format(arch, list_archs())) from None
     builder: Callable[..., nn.Module] = getattr(importlib.import_module("." + module_name, __name__), fn_name)
-    return builder(num_classes, **options)
+    model = builder(num_classes, **options)
+    if logit_offset:
+        model.set_logit_offset([0.0] * num_classes)
+    return model
 
 
 __all__ = ["build_model", "list_archs", "fold_batchnorm", "count_parameters", "SegmentationNet"]

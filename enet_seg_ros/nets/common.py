@@ -1,7 +1,7 @@
-"""Pieces shared by every network: size padding and the encoder-only switch."""
+"""Pieces shared by every network: size padding, the encoder-only switch and the logit offset."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,14 @@ class SegmentationNet(nn.Module):
     downsampling factor). With ``encoder_only = True`` the network returns the encoder's
     class map (used for the first stage of two-stage training) at
     ``ceil(H / encoder_stride), ceil(W / encoder_stride)``.
+
+    :attr:`logit_offset` is ``None`` (the papers' networks) or, once
+    :meth:`set_logit_offset` is called, a per-class constant added to the full-resolution
+    logits: a decision rule fitted after training (``enet_seg_ros.train.calibrate``), saved
+    with the weights as a buffer and exported with the graph.
     """
+
+    logit_offset: Optional[torch.Tensor]
 
     size_multiple: int = 8
     encoder_stride: int = 8
@@ -27,6 +34,18 @@ class SegmentationNet(nn.Module):
             raise ValueError("num_classes must be >= 1, got {}".format(num_classes))
         self.num_classes = num_classes
         self.encoder_only = False
+        self.register_buffer("logit_offset", None)
+
+    def set_logit_offset(self, offsets: Optional[Sequence[float]]) -> None:
+        """Add ``offsets[c]`` to class ``c``'s logits from now on (``None`` removes the buffer)."""
+        if offsets is None:
+            self.logit_offset = None
+            return
+        values = torch.as_tensor(offsets, dtype=torch.float32).flatten()
+        if values.numel() != self.num_classes or not torch.isfinite(values).all():
+            raise ValueError("logit offset needs {} finite values, got {}".format(self.num_classes, list(values.shape)))
+        device = next((p.device for p in self.parameters()), values.device)
+        self.logit_offset = values.to(device)
 
     def padding_for(self, height: int, width: int) -> Tuple[int, int]:
         """(bottom, right) zero padding that makes the size a multiple of ``size_multiple``."""
@@ -43,7 +62,10 @@ class SegmentationNet(nn.Module):
         if self.encoder_only:
             s = self.encoder_stride
             return out[:, :, : -(-height // s), : -(-width // s)]
-        return out[:, :, :height, :width]
+        out = out[:, :, :height, :width]
+        if self.logit_offset is not None:
+            out = out + self.logit_offset.view(1, -1, 1, 1).to(out.dtype)
+        return out
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Forward on a size-multiple input; returns full-resolution (or encoder) logits."""

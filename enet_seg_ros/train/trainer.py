@@ -344,7 +344,13 @@ class Trainer:
             log.info("--no-dropout: %d dropout modules set to p=0", _disable_dropout(model))
         if cfg.init:
             init_model, _ = load_model(cfg.init)
-            missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
+            state = init_model.state_dict()
+            if state.pop("logit_offset", None) is not None:
+                # A decision rule fitted to the old weights; training moves them, so it is
+                # dropped here and fitted again afterwards (enet-seg calibrate).
+                log.info("--init %s: its logit offsets are not carried over (run enet-seg calibrate "
+                         "on the trained weights)", cfg.init)
+            missing, unexpected = model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d missing, %d unexpected keys)", cfg.init, len(missing), len(unexpected))
         if cfg.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
