@@ -221,7 +221,7 @@ def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "ca
     metrics = dict(card.metrics)
     previous = {k: v for k, v in metrics.items() if k.startswith("val_") or k == "split"}
     metrics["logit_offset"] = {
-        "fitted_on": "{} {} ({} frames, every {}th pixel in each axis: {} pixels)".format(
+        "fitted_on": "{} {} ({} frames, one pixel in {} along each axis: {} pixels)".format(
             dataset, split, len(fit_set), stride, fit.pixels),
         "method": "per-class logit offsets, coordinate ascent on the sample's mean IoU (enet_seg_ros.train.calibrate)",
         "offsets": {c: round(v, 4) for c, v in zip(classes, fit.offsets)},
