@@ -104,6 +104,22 @@ def test_offset_is_added_to_the_logits_and_saved(arch, tmp_path):
         model.set_logit_offset([float("nan")] * 11)
 
 
+@pytest.mark.parametrize("arch", ["enet", "espnet", "espnet_c", "erfnet"])
+def test_inference_folds_the_offset_into_the_output_layer(arch):
+    """fold_batchnorm (every backend's export) turns the offset into the last layer's bias: no extra Add."""
+    from enet_seg_ros.nets import fold_batchnorm
+
+    torch.manual_seed(1)
+    model = build_model(arch, 11).eval()
+    model.set_logit_offset(torch.linspace(-2, 2, 11))
+    x = torch.randn(1, 3, 48, 64)
+    folded = fold_batchnorm(model)
+    assert folded.logit_offset is None and model.logit_offset is not None  # the original is untouched
+    assert folded.get_submodule(type(model).output_layer).bias is not None
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A small random ENet with a CamVid card, calibrated by the command on a tiny CamVid."""

@@ -27,6 +27,9 @@ class SegmentationNet(nn.Module):
 
     size_multiple: int = 8
     encoder_stride: int = 8
+    #: Submodule path of the convolution whose outputs are the logits (only cropping or bilinear
+    #: resizing after it), so inference can fold ``logit_offset`` into its bias.
+    output_layer: str = ""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

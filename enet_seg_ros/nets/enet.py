@@ -167,6 +167,7 @@ class ENet(SegmentationNet):
 
     size_multiple = 8
     encoder_stride = 8
+    output_layer = "fullconv"
 
     def __init__(self, num_classes: int, decoder_activation: str = "relu") -> None:
         super().__init__(num_classes)

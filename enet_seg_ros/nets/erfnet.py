@@ -122,6 +122,7 @@ class ERFNet(SegmentationNet):
 
     size_multiple = 8
     encoder_stride = 8
+    output_layer = "decoder.output_conv"
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__(num_classes)

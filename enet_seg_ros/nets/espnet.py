@@ -170,6 +170,7 @@ class ESPNetC(SegmentationNet):
 
     size_multiple = 8
     encoder_stride = 8
+    output_layer = "encoder.classifier"
 
     def __init__(self, num_classes: int, p: int = 2, q: int = 8, in_channels: int = 3) -> None:
         super().__init__(num_classes)
@@ -197,6 +198,7 @@ class ESPNet(SegmentationNet):
 
     size_multiple = 8
     encoder_stride = 8
+    output_layer = "classifier"
 
     def __init__(self, num_classes: int, p: int = 2, q: int = 8, decoder_concat_input: bool = False,
                  in_channels: int = 3) -> None:

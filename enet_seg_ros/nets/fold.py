@@ -1,4 +1,4 @@
-"""Fold inference-mode BatchNorm into the preceding convolution."""
+"""Fold inference-mode BatchNorm into the preceding convolution, and a logit offset into the output layer."""
 from __future__ import annotations
 
 import copy
@@ -44,6 +44,10 @@ def _pairs(module: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return an eval-mode copy of ``model`` with each BN folded into its conv (BN removed, or Identity where it is a named attribute).
 
+    A network's ``logit_offset`` (see ``SegmentationNet``) is folded too, into the bias of its
+    ``output_layer``: a separate Add after the last convolution cost OpenVINO's int8 graphs
+    10 ms per 480x360 frame (measured, BENCHMARKS.md), a bias costs nothing.
+
     Outputs are equal to the unfolded model in eval mode up to float rounding; the folded
     model has fewer modules and runs faster. BNs that follow no convolution are kept.
     """
@@ -59,4 +63,20 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
                     del parent._modules[bn_name]  # Sequential runs whatever children remain
                 else:
                     setattr(parent, bn_name, nn.Identity())
+        _fold_logit_offset(model)
     return model
+
+
+def _fold_logit_offset(model: nn.Module) -> None:
+    """Add ``model.logit_offset`` to the bias of ``model.output_layer`` and drop the offset."""
+    offset = getattr(model, "logit_offset", None)
+    path = getattr(model, "output_layer", "")
+    if offset is None or not path:
+        return
+    layer = model.get_submodule(path)
+    if not isinstance(layer, _CONVS) or layer.out_channels != offset.numel():
+        raise ValueError("{}.{} is not a convolution with {} outputs: cannot fold the logit offset"
+                         .format(type(model).__name__, path, offset.numel()))
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(offset)
+    layer.bias = nn.Parameter(bias + offset.to(bias.dtype))
+    model.logit_offset = None
