@@ -14,7 +14,7 @@ time, every candidate offset is scored at once from a single histogram (see
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,7 +35,6 @@ class OffsetFit:
     miou_after: float  # ... with them
     rounds: int
     pixels: int
-    history: List[Tuple[int, int, float, float]] = field(default_factory=list)  # (round, class, offset, mIoU)
 
 
 def mean_iou(cm: np.ndarray) -> np.ndarray:
@@ -103,7 +102,6 @@ def fit_logit_offsets(logits: np.ndarray, gt: np.ndarray, steps: Optional[Sequen
     offsets = np.zeros(n, dtype=np.float32)
     cm0 = np.bincount(gt * n + logits.argmax(1), minlength=n * n).reshape(n, n)
     before = current = float(mean_iou(cm0))
-    history = []
     rounds = 0
     for rounds in range(1, max_rounds + 1):
         start = current
@@ -111,11 +109,10 @@ def fit_logit_offsets(logits: np.ndarray, gt: np.ndarray, steps: Optional[Sequen
             value, score = _best_offset_for_class(logits, gt, offsets, c, steps)
             if score > current:
                 offsets[c], current = value, score
-                history.append((rounds, c, value, score))
         if current - start < min_gain:
             break
     offsets -= offsets.mean()
-    return OffsetFit([float(v) for v in offsets], before, current, rounds, int(gt.size), history)
+    return OffsetFit([float(v) for v in offsets], before, current, rounds, int(gt.size))
 
 
 @torch.inference_mode()
@@ -124,19 +121,17 @@ def sample_logits(model: torch.nn.Module, frames: Iterable[Tuple[torch.Tensor, n
     """Logits and ground truth of every ``stride``-th pixel (both axes) of labelled frames.
 
     Args:
-        model: network in eval mode; its logits beyond ``num_classes`` (e.g. a void output) are dropped.
+        model: network in eval mode; its logits beyond ``num_classes`` (e.g. a void output) are
+            dropped. Its own ``logit_offset``, if any, is applied: clear it to sample raw logits.
         frames: ``(input (1, 3, H, W) tensor, label (H, W) array in class ids)`` pairs; label
             values outside ``0..num_classes-1`` are ignored.
         num_classes: real classes.
         stride: pixel sub-sampling (3: one pixel in 9; neighbours carry little extra information).
     """
-    offset = getattr(model, "logit_offset", None)
     chunks, labels = [], []
     device = next(model.parameters()).device
     for x, label in frames:
         out = model(x.to(device))[0, :num_classes].float()
-        if offset is not None:  # fit the raw decision rule, not one already shifted
-            out = out - offset[:num_classes].view(-1, 1, 1).to(out.dtype)
         out = out[:, stride // 2::stride, stride // 2::stride]
         lab = np.asarray(label)[stride // 2::stride, stride // 2::stride].astype(np.int64)
         keep = (lab >= 0) & (lab < num_classes)
@@ -169,13 +164,10 @@ def score_dataset(model: torch.nn.Module, dataset, size: Tuple[int, int], norm, 
 
     n = len(class_names)
     device = next(model.parameters()).device
-    counts = np.zeros(n * n, dtype=np.int64)
+    cm = ConfusionMatrix(n)  # ground truth outside 0..n-1 (void) is skipped
     for x, label in _frames(dataset, size, norm):
-        pred = model(x.to(device))[0, :n].argmax(0).cpu().numpy().astype(np.int64)
-        lab = label.astype(np.int64)
-        valid = lab < n
-        counts += np.bincount(lab[valid] * n + pred[valid], minlength=n * n)
-    return ConfusionMatrix.from_counts(counts.reshape(n, n)).summary(list(class_names))
+        cm.update(model(x.to(device))[0, :n].argmax(0).cpu().numpy(), label)
+    return cm.summary(list(class_names))
 
 
 def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "camvid", split: str = "train",
@@ -197,7 +189,7 @@ def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "ca
     from pathlib import Path
 
     from ..data.datasets import build_dataset
-    from ..weights import ModelCard, load_model, resolve_weights, save_model
+    from ..weights import load_model, resolve_weights, save_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -210,6 +202,7 @@ def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "ca
         raise ValueError("{} has {} outputs for {} classes: logit offsets need one output per class"
                          .format(path, model.num_classes, len(classes)))
     size = tuple(card.input_size)
+    model.set_logit_offset(None)  # fit the raw decision rule, not one fitted before
     model.to(device)
     t0 = time.time()
     fit_set = build_dataset(dataset, data_root, split)
@@ -236,8 +229,6 @@ def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "ca
                         "val_mean_class_accuracy": scores["mean_class_accuracy"], "val_class_iou": scores["class_iou"]})
         metrics["logit_offset"]["scored_on"] = "{} (scored once, after the fit; not used to fit)".format(score_split)
         summary["scores"] = {"before": previous.get("val_miou"), "after": scores["miou"]}
-    options = dict(card.options, logit_offset=True)
-    new_card = ModelCard.from_json(card.to_json())
-    new_card = replace(new_card, options=options, metrics=metrics, precisions={})
+    new_card = replace(card, options=dict(card.options, logit_offset=True), metrics=metrics, precisions={})
     save_model(Path(out), model.cpu(), new_card)
     return summary
