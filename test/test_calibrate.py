@@ -159,6 +159,19 @@ def test_calibrate_writes_weights_card_and_honest_scores(calibrated):
     assert on_disk["options"] == {"logit_offset": True}
 
 
+def test_calibrating_again_refits_the_raw_logits(calibrated, tmp_path):
+    """Calibrating calibrated weights fits the same offsets and keeps the scores without offsets."""
+    _, _, out = calibrated
+    data = out.parent / "camvid"
+    again = tmp_path / "again.safetensors"
+    assert cli.main(["calibrate", str(out), "--data-root", str(data), "--threads", "1", "--stride", "1",
+                     "--out", str(again)]) == 0
+    first, second = read_card(out).metrics, read_card(again).metrics
+    assert second["logit_offset"]["offsets"] == pytest.approx(first["logit_offset"]["offsets"], abs=1e-4)
+    assert second["before_logit_offset"] == first["before_logit_offset"]
+    assert second["val_miou"] == pytest.approx(first["val_miou"], abs=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_card_score_is_what_eval_dir_measures(calibrated, tmp_path, backend):
     """The exported graph carries the offsets: eval-dir on val reproduces the card's score."""

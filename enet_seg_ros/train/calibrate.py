@@ -212,7 +212,9 @@ def calibrate_weights(weights: str, data_root: str, out: str, dataset: str = "ca
              dataset, split, len(fit_set), fit.pixels, fit.miou_before, fit.miou_after, fit.rounds)
     model.set_logit_offset(fit.offsets)
     metrics = dict(card.metrics)
-    previous = {k: v for k, v in metrics.items() if k.startswith("val_") or k == "split"}
+    # Weights calibrated before keep their scores without offsets: those are still the "before".
+    previous = metrics.get("before_logit_offset") or {
+        k: v for k, v in metrics.items() if k.startswith("val_") or k == "split"}
     metrics["logit_offset"] = {
         "fitted_on": "{} {} ({} frames, one pixel in {} along each axis: {} pixels)".format(
             dataset, split, len(fit_set), stride, fit.pixels),
