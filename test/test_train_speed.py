@@ -48,7 +48,7 @@ def test_trainer_steps_in_the_arch_memory_format(camvid, tmp_path, arch, fmt):
              and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]
     assert convs and all(w.is_contiguous(memory_format=fmt) for w in convs)
     x, y = t._batch(t._passes()[0], [0, 1, 2, 3], 0, 0)
-    assert x.is_contiguous(memory_format=fmt)
+    assert t._normalize(x).is_contiguous(memory_format=fmt)
     opt = t._optimizer(model)
     assert opt.defaults.get("fused") is True
     before = copy.deepcopy(model.state_dict())

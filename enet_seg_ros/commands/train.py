@@ -111,6 +111,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-s", type=float, default=0.0, metavar="S",
                    help="wall budget of the run: a throughput probe fits the epochs to it, and training stops "
                         "and exports if it runs over (several archs: shared equally unless --concurrent)")
+    p.add_argument("--distill", default=None, metavar="TEACHER",
+                   help="knowledge distillation: weights (file or shipped model name) of a trained network with "
+                        "the same classes, whose softened predictions on each training batch join the loss "
+                        "(decoder stage; recorded in the card)")
+    p.add_argument("--distill-weight", type=float, default=1.0, metavar="L",
+                   help="weight of the distillation term against the cross-entropy (default 1)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, metavar="T",
+                   help="softmax temperature of the distillation term (default 2)")
     p.add_argument("--concurrent", action="store_true",
                    help="with several archs: train them at the same time, one child process each")
 
@@ -129,7 +137,8 @@ def _config(args: argparse.Namespace, arch: str, out: str, budget_s: float):
         freeze_bn=args.freeze_bn, no_dropout=args.no_dropout, stop_after=args.stop_after,
         recipe=args.recipe, epoch_scales=args.epoch_scales, encoder_batch_size=args.encoder_batch_size,
         color_jitter=args.color_jitter, precision=args.precision, compile=args.compile, select=args.select,
-        holdout=args.holdout, budget_s=budget_s,
+        holdout=args.holdout, budget_s=budget_s, distill=args.distill, distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
     )
 
 

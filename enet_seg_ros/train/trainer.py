@@ -48,6 +48,7 @@ from ..evaluate.metrics import ConfusionMatrix
 from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
+from .distill import Teacher, distillation_sum
 from .recipes import paper_recipe, recipe_for
 from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
 
@@ -111,6 +112,11 @@ class TrainConfig:
     # Wall budget (s) of this run: epochs are fitted from a throughput probe, and training stops
     # (and exports) if it runs over. 0 = no budget.
     budget_s: float = 0.0
+    # Knowledge distillation (train/distill.py): teacher weights (path or shipped name), the
+    # weight lambda of its term and the temperature T. None = labels only.
+    distill: Optional[str] = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
 
     def resolved(self) -> "TrainConfig":
         """Fill unset hyper-parameters from the arch's recipe (``recipe``: default or paper)."""
@@ -138,6 +144,9 @@ class TrainConfig:
             raise ValueError("--select holdout needs --holdout N > 0 frames (and --holdout only goes with it)")
         if cfg.precision not in PRECISIONS:
             raise ValueError("precision must be one of {}".format(", ".join(PRECISIONS)))
+        if cfg.distill and (cfg.distill_weight <= 0 or cfg.distill_temperature <= 0):
+            raise ValueError("--distill-weight and --distill-temperature must be > 0, got {} and {}".format(
+                cfg.distill_weight, cfg.distill_temperature))
         if cfg.amp and cfg.precision == "auto":
             cfg.precision = "bf16"
         return cfg
@@ -269,6 +278,7 @@ class Trainer:
         # torch.compile-d by run() as speed.compile_decision says (scope step: the first, loss: the second).
         self._forward_loss_fn = self._forward_loss
         self._loss_terms_fn = self._loss_terms
+        self.teacher: Optional[Teacher] = None  # --distill: loaded with the data (needs the classes)
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
         for name, batch in (("--batch-size", self.cfg.batch_size), ("--encoder-batch-size", self.cfg.encoder_batch_size)):
@@ -421,11 +431,18 @@ class Trainer:
         return torch.load(path, map_location=self.device, weights_only=True)
 
     # ---------------------------------------------------------------------------------- epochs
-    def _loss_terms(self, out: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(weighted loss sum, weighted count of scored pixels) of this process's batch, in float32."""
+    def _loss_terms(self, out: torch.Tensor, target: torch.Tensor,
+                    teacher: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, weighted count of scored pixels) of this process's batch, in float32.
+
+        ``teacher``: the teacher's logits of the batch (--distill), whose term joins the sum.
+        """
         ignore = self.spec.ignore_index
         logits = out.float()
         loss_sum = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore, reduction="sum")
+        if teacher is not None:
+            loss_sum = loss_sum + self.cfg.distill_weight * distillation_sum(
+                logits, teacher, target, self.class_weights, ignore, self.cfg.distill_temperature)
         valid = target != ignore
         if self.class_weights is not None:
             # A product with the mask, not boolean indexing: no data-dependent shape (compiles whole).
@@ -434,15 +451,15 @@ class Trainer:
             denom = valid.sum().to(logits.dtype)
         return loss_sum, denom.detach()
 
-    def _forward_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      encoder: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, encoder: bool,
+                      teacher: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss terms of one batch: what ``torch.compile`` compiles (one graph with the loss)."""
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = model(x)
         if encoder:
             # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
             y = F.interpolate(y[:, None].float(), size=out.shape[-2:], mode="nearest-exact")[:, 0].long()
-        return self._loss_terms_fn(out, y)
+        return self._loss_terms_fn(out, y, teacher)
 
     def _loss(self, loss_sum: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
         """The loss normalised by the global (all-rank) weighted pixel count."""
@@ -453,7 +470,7 @@ class Trainer:
         return loss_sum * self.world / denom.clamp(min=1)
 
     def _batch(self, p: _Pass, indices: Sequence[int], stage_index: int, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Augmented, normalised batch of ``indices`` (frames of the train store) on the device."""
+        """Augmented batch of ``indices`` (frames of the train store) on the device: float RGB 0..255, labels."""
         cfg = self.cfg
         params = []
         for i in indices:
@@ -461,8 +478,7 @@ class Trainer:
             params.append(p.augment.draw(np.random.default_rng(key)))
         idx = torch.as_tensor(list(indices), device=self.train_store.images.device)
         images, labels = self.train_store.images[idx], self.train_store.labels[idx]
-        x, y = p.augment(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), params)
-        return self._normalize(x), y
+        return p.augment(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), params)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
@@ -470,9 +486,11 @@ class Trainer:
             x = x.flip(1)
         return ((x - self._mean) * self._factor).contiguous(memory_format=self.memory_format)
 
-    def _step(self, model, opt, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
-        """One optimiser step; returns the (detached) loss."""
-        loss = self._loss(*self._forward_loss_fn(model, x, y, stage == "encoder"))
+    def _step(self, model, opt, rgb: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
+        """One optimiser step on an augmented batch (float RGB 0..255); returns the (detached) loss."""
+        encoder = stage == "encoder"
+        teacher = self.teacher.logits(rgb) if self.teacher is not None and not encoder else None
+        loss = self._loss(*self._forward_loss_fn(model, self._normalize(rgb), y, encoder, teacher))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -618,6 +636,10 @@ class Trainer:
         if self.is_main:
             _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
         self._prepare_data()
+        if cfg.distill:
+            self.teacher = Teacher(cfg.distill, self.spec.class_names, self.device, self.precision == "bf16")
+            log.info("distilling from %s (%s), weight %g, temperature %g, in the decoder stage", self.teacher.path,
+                     self.teacher.card.arch, cfg.distill_weight, cfg.distill_temperature)
         model = self._build_model()
         net = model
         ckpt = self._load_checkpoint() if self.resume else None
@@ -769,6 +791,9 @@ class Trainer:
                    "params": count_parameters(net)}
         if held:
             metrics["holdout_miou"] = held["miou"]
+        if self.teacher is not None:
+            metrics["distilled_from"] = dict(self.teacher.describe(), weight=cfg.distill_weight,
+                                             temperature=cfg.distill_temperature)
         if over_budget:
             metrics["stopped_early"] = "over the --budget-s wall budget"
         card = ModelCard.for_dataset(
