@@ -13,6 +13,7 @@ from enet_seg_ros import cli
 from enet_seg_ros.data.labels import CAMVID
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.train.distill import Teacher, distillation_sum
+from enet_seg_ros.train.inputs import pixel_weights
 from enet_seg_ros.weights import ModelCard, Normalization, load_model, save_model
 from model_fixtures import randomize
 from test_datasets import make_camvid
@@ -53,18 +54,18 @@ def test_distillation_sum_by_hand():
     kl = (p_t * (torch.log_softmax(t / temp, 1) - torch.log_softmax(s / temp, 1))).sum(1)
     keep = y != 255
     expected = (kl[keep] * w[y[keep]]).sum() * temp ** 2
-    assert distillation_sum(s, t, y, w, 255, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_sum(s, t, pixel_weights(y, w, 255), temp).item() == pytest.approx(expected.item(), rel=1e-5)
     # Unweighted: every labelled pixel counts once; a student equal to its teacher costs nothing.
-    assert distillation_sum(s, t, y, None, 255, temp).item() == pytest.approx(
+    assert distillation_sum(s, t, pixel_weights(y, None, 255), temp).item() == pytest.approx(
         (kl[keep].sum() * temp ** 2).item(), rel=1e-5)
-    assert distillation_sum(t, t, y, w, 255, temp).abs().item() < 1e-5
+    assert distillation_sum(t, t, pixel_weights(y, w, 255), temp).abs().item() < 1e-5
     # Teacher logits at another resolution are resized bilinearly to the student's.
     small = torch.randn(2, 3, 2, 3, generator=g)
     resized = F.interpolate(small, size=(4, 5), mode="bilinear", align_corners=False)
-    assert distillation_sum(s, small, y, w, 255, temp).item() == pytest.approx(
-        distillation_sum(s, resized, y, w, 255, temp).item(), rel=1e-6)
+    assert distillation_sum(s, small, pixel_weights(y, w, 255), temp).item() == pytest.approx(
+        distillation_sum(s, resized, pixel_weights(y, w, 255), temp).item(), rel=1e-6)
     with pytest.raises(ValueError, match="do not match"):
-        distillation_sum(s, torch.randn(2, 4, 4, 5), y, w, 255, temp)
+        distillation_sum(s, torch.randn(2, 4, 4, 5), pixel_weights(y, w, 255), temp)
 
 
 def test_distillation_gradient_moves_the_student_to_the_teacher():
@@ -72,13 +73,13 @@ def test_distillation_gradient_moves_the_student_to_the_teacher():
     t = torch.randn(1, 4, 6, 6, generator=g) * 3
     s = torch.zeros(1, 4, 6, 6, requires_grad=True)
     y = torch.zeros(1, 6, 6, dtype=torch.long)
-    before = distillation_sum(s, t, y, None, 255, 1.0).item()
+    before = distillation_sum(s, t, pixel_weights(y, None, 255), 1.0).item()
     opt = torch.optim.SGD([s], lr=1.0)
     for _ in range(50):
         opt.zero_grad()
-        distillation_sum(s, t, y, None, 255, 1.0).backward()
+        distillation_sum(s, t, pixel_weights(y, None, 255), 1.0).backward()
         opt.step()
-    after = distillation_sum(s, t, y, None, 255, 1.0).item()
+    after = distillation_sum(s, t, pixel_weights(y, None, 255), 1.0).item()
     assert after < 0.2 * before
     assert (s.argmax(1) == t.argmax(1)).float().mean() > 0.9
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +30,19 @@ from torch import nn
 
 from ..engine.preprocess import Preprocess
 from ..weights import ModelCard, load_model, resolve_weights
+from .inputs import BatchNormalizer
 from .speed import memory_format_for
 
 
-def distillation_sum(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
-                     class_weights: Optional[torch.Tensor], ignore_index: int, temperature: float) -> torch.Tensor:
-    """``T^2 * sum_i w[y_i] KL(softmax(t_i / T) || softmax(s_i / T))`` over pixels with a label.
+def distillation_sum(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """``T^2 * sum_i w_i KL(softmax(t_i / T) || softmax(s_i / T))``.
 
     Args:
         student: student logits (B, C, H, W), float32.
         teacher: teacher logits (B, C, h, w); resized bilinearly to (H, W) when they differ.
-        target: labels (B, H, W); pixels equal to ``ignore_index`` do not count.
-        class_weights: per-class weights (C,) or None (every labelled pixel weighs 1).
-        ignore_index: the label that is not scored.
+        weights: each pixel's weight (B, H, W), 0 where not scored
+            (:func:`~enet_seg_ros.train.inputs.pixel_weights`, shared with the cross-entropy).
         temperature: ``T`` > 0.
     """
     if teacher.shape[:2] != student.shape[:2]:
@@ -55,13 +55,7 @@ def distillation_sum(student: torch.Tensor, teacher: torch.Tensor, target: torch
     log_p_s = F.log_softmax(student / t, dim=1)
     log_p_t = F.log_softmax(teacher / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W)
-    valid = target != ignore_index
-    if class_weights is not None:
-        # A product with the mask, not boolean indexing: no data-dependent shape (compiles whole).
-        weight = class_weights[target.clamp(max=class_weights.numel() - 1)] * valid
-    else:
-        weight = valid.to(kl.dtype)
-    return (kl * weight).sum() * (t * t)
+    return (kl * weights).sum() * (t * t)
 
 
 class Teacher:
@@ -82,28 +76,22 @@ class Teacher:
                              "same classes in the same order".format(self.path, card.num_classes,
                                                                       ", ".join(card.class_names), len(class_names),
                                                                       ", ".join(class_names)))
-        if getattr(model, "logit_offset", None) is not None:
-            model.set_logit_offset(None)  # raw logits: see the module doc
+        model.set_logit_offset(None)  # raw logits: see the module doc
         self.card: ModelCard = card
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.device = device
         self.bf16 = bf16
-        self.memory_format = memory_format_for(card.arch, device)
-        self.model: nn.Module = model.to(device).to(memory_format=self.memory_format).eval()
+        memory_format = memory_format_for(card.arch, device)
+        self.model: nn.Module = model.to(device).to(memory_format=memory_format).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        pre = Preprocess.from_card(card)
-        self._swap = pre.swap_rb("rgb")
-        self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self._factor = torch.from_numpy(pre.factor).to(device).view(1, 3, 1, 1)
+        self._normalize = BatchNormalizer(Preprocess.from_card(card), device, memory_format)
 
     @torch.no_grad()
     def logits(self, rgb: torch.Tensor) -> torch.Tensor:
         """Teacher logits (B, C, h, w) of float RGB frames ``rgb`` (B, 3, H, W) in 0..255."""
-        x = rgb.flip(1) if self._swap else rgb
-        x = ((x - self._mean) * self._factor).contiguous(memory_format=self.memory_format)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(x)
+            out = self.model(self._normalize(rgb))
         return out.float()
 
     def describe(self) -> Dict[str, Any]:

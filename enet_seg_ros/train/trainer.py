@@ -49,6 +49,7 @@ from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
 from .distill import Teacher, distillation_sum
+from .inputs import BatchNormalizer, pixel_weights
 from .recipes import paper_recipe, recipe_for
 from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
 
@@ -325,8 +326,7 @@ class Trainer:
         # Training and validation inputs are normalised as inference does (one source of truth).
         self.pre = Preprocess(input_size=tuple(cfg.size), channel_order=self.norm.channel_order,
                               mean=tuple(self.norm.mean), std=tuple(self.norm.std), scale=self.norm.scale)
-        self._mean = torch.tensor(self.pre.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._factor = torch.from_numpy(self.pre.factor).to(self.device).view(1, 3, 1, 1)
+        self._normalize = BatchNormalizer(self.pre, self.device, self.memory_format)
         label_paths = [lab for _, lab in self.train_set.pairs]
         weights = cached_class_weights(cfg.class_weighting, label_paths, self.spec.num_classes,
                                        lambda i: self.train_set.load(i)[1], self.out.parent / ".class_weights",
@@ -440,16 +440,11 @@ class Trainer:
         ignore = self.spec.ignore_index
         logits = out.float()
         loss_sum = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=ignore, reduction="sum")
+        weights = pixel_weights(target, self.class_weights, ignore)
         if teacher is not None:
             loss_sum = loss_sum + self.cfg.distill_weight * distillation_sum(
-                logits, teacher, target, self.class_weights, ignore, self.cfg.distill_temperature)
-        valid = target != ignore
-        if self.class_weights is not None:
-            # A product with the mask, not boolean indexing: no data-dependent shape (compiles whole).
-            denom = (self.class_weights[target.clamp(max=self.spec.num_classes - 1)] * valid).sum()
-        else:
-            denom = valid.sum().to(logits.dtype)
-        return loss_sum, denom.detach()
+                logits, teacher, weights, self.cfg.distill_temperature)
+        return loss_sum, weights.sum().detach()
 
     def _forward_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, encoder: bool,
                       teacher: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -479,12 +474,6 @@ class Trainer:
         idx = torch.as_tensor(list(indices), device=self.train_store.images.device)
         images, labels = self.train_store.images[idx], self.train_store.labels[idx]
         return p.augment(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), params)
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Float RGB 0..255 (B, 3, H, W) -> the network input of the card's :class:`Preprocess`."""
-        if self.pre.swap_rb("rgb"):
-            x = x.flip(1)
-        return ((x - self._mean) * self._factor).contiguous(memory_format=self.memory_format)
 
     def _step(self, model, opt, rgb: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
         """One optimiser step on an augmented batch (float RGB 0..255); returns the (detached) loss."""
