@@ -39,6 +39,19 @@ def _scales(text: str):
     return values
 
 
+def _option(text: str):
+    """``KEY=VALUE`` with a JSON value (``true``, ``3``, ``"x"``); a bare word stays a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError("--option takes KEY=VALUE, e.g. decoder_concat_input=true (got {!r})"
+                                         .format(text))
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
 def _size(text: str):
     """argparse type over the one size parser (``engine.parse_size``)."""
     from ..engine import parse_size
@@ -76,6 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="same as --precision bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="initialise from a weights file (.safetensors)")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option passed to the builder and recorded in the card (repeatable), e.g. "
+                        "decoder_concat_input=true: ESPNet's published CamVid decoder, which also merges the "
+                        "half-resolution image")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
@@ -123,6 +140,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with several archs: train them at the same time, one child process each")
 
 
+def _options(arch: str, pairs) -> dict:
+    """The ``--option`` pairs as builder options, checked by building the network once."""
+    from ..nets import build_model
+
+    options = dict(pairs or ())
+    if options:
+        try:
+            build_model(arch, 19, **options)
+        except TypeError as exc:
+            raise ValueError("--option {} does not fit {}: {}".format(
+                ", ".join("{}={!r}".format(k, v) for k, v in options.items()), arch, exc)) from None
+    return options
+
+
 def _config(args: argparse.Namespace, arch: str, out: str, budget_s: float):
     from ..train.trainer import TrainConfig
 
@@ -138,7 +169,7 @@ def _config(args: argparse.Namespace, arch: str, out: str, budget_s: float):
         recipe=args.recipe, epoch_scales=args.epoch_scales, encoder_batch_size=args.encoder_batch_size,
         color_jitter=args.color_jitter, precision=args.precision, compile=args.compile, select=args.select,
         holdout=args.holdout, budget_s=budget_s, distill=args.distill, distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature,
+        distill_temperature=args.distill_temperature, options=_options(arch, args.option),
     )
 
 

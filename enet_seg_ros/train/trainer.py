@@ -49,6 +49,7 @@ from ..nets import build_model, count_parameters
 from ..weights import ModelCard, Normalization, load_model, save_model
 from .class_weights import cached_class_weights
 from .distill import Teacher, distillation_sum
+from .init_weights import widen_state_dict
 from .inputs import BatchNormalizer, pixel_weights
 from .recipes import paper_recipe, recipe_for
 from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
@@ -360,6 +361,10 @@ class Trainer:
                 # dropped here and fitted again afterwards (enet-seg calibrate).
                 log.info("--init %s: its logit offsets are not carried over (run enet-seg calibrate "
                          "on the trained weights)", cfg.init)
+            widened = widen_state_dict(model, state)
+            if widened:
+                log.info("--init %s: new input channels of %s start at zero (same function as the init network)",
+                         cfg.init, ", ".join(widened))
             missing, unexpected = model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d missing, %d unexpected keys)", cfg.init, len(missing), len(unexpected))
         if cfg.sync_bn and self.world > 1:
