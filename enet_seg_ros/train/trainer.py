@@ -363,7 +363,7 @@ class Trainer:
                          "on the trained weights)", cfg.init)
             widened = widen_state_dict(model, state)
             if widened:
-                log.info("--init %s: new input channels of %s start at zero (same function as the init network)",
+                log.info("--init %s: %s widened: new input channels start at zero",
                          cfg.init, ", ".join(widened))
             missing, unexpected = model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d missing, %d unexpected keys)", cfg.init, len(missing), len(unexpected))
