@@ -93,6 +93,19 @@ def test_option_without_value_is_rejected_by_the_parser(camvid, tmp_path, capsys
         _train(camvid, tmp_path / "bad", "--option", "decoder_concat_input")
     assert exit_info.value.code == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _train(camvid, tmp_path / "bad", "--option", "segnet.decoder_concat_input=true")
+    assert "[ARCH.]KEY=VALUE" in capsys.readouterr().err
+
+
+def test_arch_prefix_limits_an_option_to_its_arch():
+    from enet_seg_ros.commands.train import _option, _options
+
+    given = [_option("espnet.decoder_concat_input=true"), _option("espnet.p=3")]
+    assert _options("espnet", given) == {"decoder_concat_input": True, "p": 3}
+    assert _options("enet", given) == {}
+    with pytest.raises(ValueError, match="does not fit enet"):
+        _options("enet", [_option("decoder_concat_input=true")])
 
 
 def test_unknown_option_is_a_user_error(camvid, tmp_path, capsys):

@@ -40,16 +40,21 @@ def _scales(text: str):
 
 
 def _option(text: str):
-    """``KEY=VALUE`` with a JSON value (``true``, ``3``, ``"x"``); a bare word stays a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip().isidentifier():
-        raise argparse.ArgumentTypeError("--option takes KEY=VALUE, e.g. decoder_concat_input=true (got {!r})"
-                                         .format(text))
+    """``[ARCH.]KEY=VALUE`` with a JSON value (``true``, ``3``, ``"x"``); a bare word stays a string.
+
+    Returns ``(arch or None, key, value)``: an ``ARCH.`` prefix limits the option to that arch in
+    a several-arch run.
+    """
+    name, sep, raw = text.partition("=")
+    arch, dot, key = name.strip().rpartition(".")
+    if not sep or not key.isidentifier() or (dot and arch not in ARCHS):
+        raise argparse.ArgumentTypeError("--option takes [ARCH.]KEY=VALUE, e.g. espnet.decoder_concat_input=true "
+                                         "(got {!r})".format(text))
     try:
         value = json.loads(raw)
     except ValueError:
         value = raw
-    return key.strip(), value
+    return arch or None, key, value
 
 
 def _size(text: str):
@@ -89,10 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="same as --precision bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="initialise from a weights file (.safetensors)")
-    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture option passed to the builder and recorded in the card (repeatable), e.g. "
-                        "decoder_concat_input=true: ESPNet's published CamVid decoder, which also merges the "
-                        "half-resolution image")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="[ARCH.]KEY=VALUE",
+                   help="architecture option passed to the builder and recorded in the card (repeatable; an "
+                        "ARCH. prefix limits it to that arch), e.g. espnet.decoder_concat_input=true: ESPNet's "
+                        "published CamVid decoder, which also merges the half-resolution image")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
@@ -140,11 +145,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with several archs: train them at the same time, one child process each")
 
 
-def _options(arch: str, pairs) -> dict:
-    """The ``--option`` pairs as builder options, checked by building the network once."""
+def _options(arch: str, given) -> dict:
+    """The ``--option`` values for ``arch`` as builder options, checked by building the network once."""
     from ..nets import build_model
 
-    options = dict(pairs or ())
+    options = {key: value for only, key, value in (given or ()) if only in (None, arch)}
     if options:
         try:
             build_model(arch, 19, **options)
