@@ -382,7 +382,7 @@ def test_model_and_card_pair_and_bilinear_upsampling(cache):
 
 
 def test_torch_bf16_mode_if_the_cpu_supports_it(small_weights, cache):
-    from enet_seg_ros.engine.backends.torch_backend import cpu_has_bf16
+    from enet_seg_ros.engine.cpu import cpu_has_bf16
 
     if not cpu_has_bf16():
         pytest.skip("CPU has no AVX512-BF16 / AMX")

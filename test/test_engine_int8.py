@@ -157,7 +157,7 @@ def test_quantize_command_builds_and_checks_its_arguments(tmp_path, calib_dir, c
 
 
 def test_cpu_int8_class_reads_the_flags_and_honours_the_onednn_cap(tmp_path, monkeypatch):
-    from enet_seg_ros.engine.quantize import cpu_int8_class
+    from enet_seg_ros.engine.cpu import cpu_int8_class
 
     vnni, plain = tmp_path / "vnni", tmp_path / "plain"
     vnni.write_text("processor : 0\nflags : fpu sse avx2 fma avx512f avx512_vnni\n")
@@ -168,6 +168,24 @@ def test_cpu_int8_class_reads_the_flags_and_honours_the_onednn_cap(tmp_path, mon
     assert cpu_int8_class(str(tmp_path / "missing")) == "avx2"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_int8_class(str(vnni)) == "avx2"
+    assert cpu_int8_class(str(vnni), honour_cap=False) == "vnni"  # what ONNX Runtime (no cap) runs
+
+
+@pytest.mark.parametrize("cap, vnni, bf16", [
+    ("", True, True), ("ALL", True, True), ("SSE41", False, False), ("AVX2", False, False),
+    ("AVX512_CORE", False, False), ("AVX2_VNNI", True, False), ("AVX512_CORE_VNNI", True, False),
+    ("avx512_core_bf16", True, True), ("AVX512_CORE_AMX", True, True), ("AVX10_1_512_AMX_FP16", True, True)])
+def test_one_reading_of_the_onednn_cap_for_int8_and_bf16(tmp_path, monkeypatch, cap, vnni, bf16):
+    """The int8 class, bf16 autocast and OpenVINO bf16 all read the cap through engine.cpu."""
+    from enet_seg_ros.engine.cpu import cap_allows, cpu_has_bf16, cpu_int8_class, isa_cap
+
+    sapphire = tmp_path / "cpuinfo"
+    sapphire.write_text("flags : avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8\n")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert cap_allows(isa_cap(), "vnni") is vnni and cap_allows(isa_cap(), "bf16") is bf16
+    assert cpu_int8_class(str(sapphire)) == ("vnni" if vnni else "avx2")
+    assert cpu_has_bf16(str(sapphire)) is bf16
+    assert cpu_has_bf16(str(sapphire), honour_cap=False) is True
 
 
 def test_an_int8_record_counts_only_on_the_cpu_class_it_was_validated_on(camvid_root, tmp_path, calib_dir,
@@ -233,7 +251,7 @@ def test_seven_bit_weights_fit_in_64_and_compute_the_same_with_and_without_vnni(
     import subprocess
     import sys
 
-    from enet_seg_ros.engine.quantize import cpu_int8_class
+    from enet_seg_ros.engine.cpu import cpu_int8_class
 
     source = load_source(_weights(tmp_path))
     cache = ArtifactCache(tmp_path / "cache", "onnx")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from enet_seg_ros import cli
-from enet_seg_ros.train.trainer import TrainConfig, cpu_has_bf16, holdout_split
+from enet_seg_ros.engine.cpu import cpu_has_bf16
+from enet_seg_ros.train.trainer import TrainConfig, holdout_split
 from enet_seg_ros.weights import load_model
 from test_datasets import make_camvid
 from test_train import read_log

@@ -161,7 +161,7 @@ def test_keep_freed_memory_is_idempotent():
 
 def test_bf16_follows_the_onednn_isa_cap(tmp_path, monkeypatch):
     """An ONEDNN_MAX_CPU_ISA cap below bf16 (an AVX2-only imitation) makes precision auto fp32."""
-    from enet_seg_ros.train.trainer import cpu_has_bf16
+    from enet_seg_ros.engine.cpu import cpu_has_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16\n")

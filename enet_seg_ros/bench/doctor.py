@@ -83,7 +83,7 @@ def _why_not(backend: str, device: str, precision: str, calibration) -> Optional
     if why:
         return why
     if precision == "bf16" and device == "cpu":
-        from ..engine.backends.torch_backend import cpu_has_bf16
+        from ..engine.cpu import cpu_has_bf16
 
         if not cpu_has_bf16():
             return "this CPU has no AVX512-BF16 / AMX for bf16"

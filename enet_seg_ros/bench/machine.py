@@ -9,6 +9,9 @@ import subprocess
 import time
 from typing import Any, Dict, Optional
 
+from ..engine.cpu import cpu_flags as all_cpu_flags
+from ..engine.cpu import cpu_model_name
+
 
 def cpu_model() -> str:
     """CPU model name (lscpu, else /proc/cpuinfo, else platform)."""
@@ -19,23 +22,12 @@ def cpu_model() -> str:
             return m.group(1).strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            if m:
-                return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model_name()
 
 
 def cpu_flags() -> str:
     """The SIMD extensions that matter for these kernels (AVX2/AVX-512/VNNI/AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(re.search(r"^flags\s*:\s*(.+)$", f.read(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        return ""
+    flags = all_cpu_flags()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return " ".join(f for f in wanted if f in flags)
 

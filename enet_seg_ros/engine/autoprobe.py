@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .cache import ArtifactCache
+from .cpu import CPUINFO, ISA_CAP_ENV, cpu_flags, cpu_model_name
 
 LOG = logging.getLogger(__name__)
 PROBE_ENV = "ENET_SEG_AUTO_PROBE"
@@ -40,20 +41,11 @@ def probe_enabled(option: Optional[bool] = None) -> bool:
     return os.environ.get(PROBE_ENV, "1").strip().lower() not in ("0", "off", "false", "no", "static")
 
 
-def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> Dict[str, Any]:
+def cpu_signature(cpuinfo: str = CPUINFO) -> Dict[str, Any]:
     """What the CPU timing depends on: model name, a digest of the flags, the oneDNN ISA cap, cores."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")) and ":" in line and not flags:
-                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return {"model": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "cpus": os.cpu_count(),
+    flags = " ".join(sorted(cpu_flags(cpuinfo)))
+    return {"model": cpu_model_name(cpuinfo), "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "onednn_max_cpu_isa": os.environ.get(ISA_CAP_ENV, ""), "cpus": os.cpu_count(),
             "machine": platform.machine()}
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .backends.base import BackendUnavailable
 from .cache import GRAPH_FORMAT, ArtifactCache
+from .cpu import cpu_int8_class
 from .graph import INPUT_NAME
 from .source import ModelSource
 
@@ -358,35 +359,6 @@ def tensor_digest(model) -> str:
     from .source import hash_tensors
 
     return hash_tensors(hashlib.sha256(), model).hexdigest()
-
-
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
-_NO_VNNI_CAPS = ("SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS")
-
-
-def cpu_int8_class(cpuinfo: str = "/proc/cpuinfo", honour_cap: bool = True) -> str:
-    """``"vnni"`` when this CPU (as oneDNN is allowed to use it) has int8 dot-product instructions
-    (AVX512-VNNI, AVX-VNNI or AMX-INT8), else ``"avx2"``.
-
-    int8 kernels without VNNI take another path (u8 x s8 pairs summed in 16 bits, which can
-    saturate): measured here with ``ONEDNN_MAX_CPU_ISA=AVX2``, OpenVINO int8 ERFNet agreed with fp32
-    on 88 % of pixels against 99.2 % with VNNI, so an accuracy record made on one class does not
-    vouch for the other (unless its weights are 7-bit, see :class:`QuantSettings`, and it was
-    validated on both). ``honour_cap=False``: the hardware's class, ignoring ``ONEDNN_MAX_CPU_ISA``
-    (what ONNX Runtime, which ignores the cap, runs).
-    """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() if honour_cap else ""
-    if cap in _NO_VNNI_CAPS:
-        return "avx2"
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "vnni" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "avx2"
-    except OSError:
-        pass
-    return "avx2"  # unknown CPU (e.g. ARM): no VNNI-validated record applies
 
 
 def int8_records(record: Any) -> List[Dict[str, Any]]:

@@ -140,18 +140,10 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
             calibration_limit=calibration_limit, size=list(size) if isinstance(size, (tuple, list)) else size,
             threads=threads, cache_dir=str(cache_dir) if cache_dir else None, max_drop_pt=max_drop_pt,
             min_agreement=min_agreement, frame_limit=frame_limit), isa, progress)
-    from ..engine import Segmenter
     from ..engine.calib import calibration_digest
-    from ..engine.source import load_source
 
-    say = progress or (lambda msg: LOG.info("%s", msg))
-    source = source or load_source(weights)
-    card = source.card
-    pairs = val_pairs(val_images, val_labels)
-    if frame_limit:
-        pairs = pairs[:frame_limit]
-    common = dict(input_size=size, threads=threads, cache_dir=cache_dir, warmup=0, strict=True)
-    reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
+    say, source, card, pairs, common, reference = _guard_setup(weights, source, val_images, val_labels, frame_limit,
+                                                               size, threads, cache_dir, progress)
     record_settings = {"calibration_digest": calibration_digest(calibration, calibration_limit),
                        "quantization": settings.to_dict()}
     candidates, unavailable = _lossy_segmenters(source, backends, "int8", say, calibration=calibration,
@@ -198,6 +190,22 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _guard_setup(weights, source, val_images, val_labels, frame_limit, size, threads, cache_dir, progress):
+    """What both guards start from: a logger, the model source and card, the val pairs, the
+    Segmenter settings shared by every candidate, and the fp32 ONNX Runtime reference."""
+    from ..engine import Segmenter
+    from ..engine.source import load_source
+
+    say = progress or (lambda msg: LOG.info("%s", msg))
+    source = source or load_source(weights)
+    pairs = val_pairs(val_images, val_labels)
+    if frame_limit:
+        pairs = pairs[:frame_limit]
+    common = dict(input_size=size, threads=threads, cache_dir=cache_dir, warmup=0, strict=True)
+    reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
+    return say, source, source.card, pairs, common, reference
 
 
 def _lossy_segmenters(source, backends: Sequence[str], precision: str, say: Callable[[str], None],
@@ -297,17 +305,8 @@ def validate_bf16(weights: PathLike, val_images: PathLike, val_labels: Optional[
     bf16 needs AVX512-BF16 or AMX (OpenVINO; the torch backend's bf16 is not covered by this
     record). Returns the record for the model card's ``precisions["bf16"]``.
     """
-    from ..engine import Segmenter
-    from ..engine.source import load_source
-
-    say = progress or (lambda msg: LOG.info("%s", msg))
-    source = source or load_source(weights)
-    card = source.card
-    pairs = val_pairs(val_images, val_labels)
-    if frame_limit:
-        pairs = pairs[:frame_limit]
-    common = dict(input_size=size, threads=threads, cache_dir=cache_dir, warmup=0, strict=True)
-    reference = Segmenter(source, backend="onnxruntime", precision="fp32", device="cpu", **common)
+    say, source, card, pairs, common, reference = _guard_setup(weights, source, val_images, val_labels, frame_limit,
+                                                               size, threads, cache_dir, progress)
     candidates, unavailable = _lossy_segmenters(source, backends, "bf16", say, **common)
     if not candidates:
         raise RuntimeError("no backend could run bf16: {}".format(unavailable))

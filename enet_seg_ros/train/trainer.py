@@ -43,6 +43,7 @@ from torch.utils.data import DistributedSampler
 
 from ..data.datasets import SegmentationDataset, build_dataset
 from ..data.device_augment import BatchAugment, FrameStore
+from ..engine.cpu import cpu_has_bf16
 from ..engine.preprocess import Preprocess
 from ..evaluate.metrics import ConfusionMatrix
 from ..nets import build_model, count_parameters
@@ -152,26 +153,6 @@ class TrainConfig:
         if cfg.amp and cfg.precision == "auto":
             cfg.precision = "bf16"
         return cfg
-
-
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16; AVX2-only CPUs have none).
-
-    A oneDNN ISA cap (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2`` to imitate an AVX2-only machine)
-    below bf16 counts as no bf16: oneDNN would run bf16 convolutions on slow reference paths.
-    """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    if cap and cap != "ALL" and not any(t in cap for t in ("BF16", "AMX", "FP16", "AVX10")):
-        return False
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def effective_precision(precision: str, device: torch.device) -> str:

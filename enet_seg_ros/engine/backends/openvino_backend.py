@@ -31,6 +31,7 @@ from typing import Dict, Optional, Set, Tuple
 import numpy as np
 
 from ..cache import ArtifactCache
+from ..cpu import cap_allows, isa_cap
 from ..source import ModelSource
 from ..registry import BackendEntry, register_backend
 from .base import Backend, BackendUnavailable, check_forced_failure
@@ -39,8 +40,6 @@ from .onnx_backend import fp32_onnx
 # int8: the Q/DQ graph; OpenVINO runs the quantised convolutions in int8 and the rest in f32.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MAX_BATCH = 8
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that leave no bf16 instructions.
-NO_BF16_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 COMPILED_KEPT = 3  # compiled batch sizes kept in memory (least recently used dropped first)
 
 
@@ -104,8 +103,8 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailable("openvino has no {} mode here (fp32, bf16 or int8)".format(precision))
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailable("openvino bf16 needs AVX512-BF16 or AMX, which this CPU lacks")
-        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-        if precision == "bf16" and cap in NO_BF16_CAPS:
+        cap = isa_cap()
+        if precision == "bf16" and not cap_allows(cap, "bf16"):
             # OpenVINO still lists BF16 under the cap, then fails to compile: say why instead.
             raise BackendUnavailable("openvino bf16 needs AVX512-BF16 or AMX, hidden by ONEDNN_MAX_CPU_ISA={}".format(cap))
         self.device, self.precision = "cpu", precision

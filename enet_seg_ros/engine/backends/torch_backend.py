@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from ...nets import fold_batchnorm
+from ..cpu import cpu_has_bf16
 from ..graph import InferenceGraph
 from ..source import ModelSource
 from ..registry import BackendEntry, register_backend
@@ -47,16 +48,6 @@ def _allow_recompiles(torch, count: int) -> None:
         if hasattr(config, name):
             setattr(config, name, max(int(getattr(config, name)), count))
             return
-
-
-def cpu_has_bf16() -> bool:
-    """True when oneDNN can run bf16 convolutions natively (AVX512-BF16 or AMX)."""
-    try:
-        import torch
-
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
 
 
 class TorchBackend(Backend):
