@@ -378,3 +378,25 @@ def test_precision_auto_measures_the_validated_candidates_once_and_caches_the_ch
     assert "static order" in static.selection_reason
     monkeypatch.setenv("ENET_SEG_AUTO_PROBE", "0")
     assert Segmenter(weights, **common).backend.selection["measured"] is None
+
+
+def test_bf16_guard_judges_openvino_bf16_or_says_why_not(camvid_root, tmp_path, monkeypatch):
+    """``enet-seg quantize --bf16``'s guard: real OpenVINO bf16 against ONNX Runtime fp32 where the CPU
+    has bf16 units; elsewhere (an AVX2-only CPU, or the cap imitating one) a clear error, no record."""
+    pytest.importorskip("openvino")
+    from enet_seg_ros.engine.cpu import cpu_has_bf16
+    from enet_seg_ros.evaluate.precision_guard import validate_bf16
+
+    # a trained model: a random network's near-tied logits would make any lossy precision fail
+    weights = REPO / "models" / "enet_camvid.safetensors"
+    kwargs = dict(size=(160, 120), cache_dir=tmp_path / "cache", frame_limit=3, threads=1)
+    if cpu_has_bf16():
+        record = validate_bf16(weights, camvid_root / "val", **kwargs)
+        row = (record["backends"] or record["rejected"])["openvino"]
+        assert 0.9 < row["agreement_vs_fp32"] <= 1.0 and abs(row["miou_drop_pt"]) < 5
+        assert record["accepted"] is (row["agreement_vs_fp32"] >= 0.98 and row["miou_drop_pt"] <= 1.0)
+        assert record["val_frames"] == 3 and record["val_size"] == "160x120"
+        assert record["weights_digest"] == tensor_digest(load_source(weights).model)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # what every AVX2-only CPU sees
+    with pytest.raises(RuntimeError, match="no backend could run bf16: .*openvino.*AVX512-BF16 or AMX"):
+        validate_bf16(weights, camvid_root / "val", **kwargs)
