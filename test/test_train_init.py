@@ -14,24 +14,15 @@ from enet_seg_ros.data.labels import CAMVID
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.train.init_weights import widen_state_dict
 from enet_seg_ros.weights import ModelCard, load_model, read_card, save_model
+from model_fixtures import randomize
 from test_datasets import make_camvid
 
 C = len(CAMVID.class_names)
 
 
-def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights and BN statistics, so that zero-initialised channels would show."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + (0.5 if "running_var" in name else -0.25))
-    return model.eval()
-
-
 def test_widening_copies_and_zero_fills():
-    old = _randomised(build_model("espnet", C), 0)
-    new = _randomised(build_model("espnet", C, decoder_concat_input=True), 1)
+    old = randomize(build_model("espnet", C), 0)
+    new = randomize(build_model("espnet", C, decoder_concat_input=True), 1)
     state = old.state_dict()
     before = state["level1_fuse.conv.weight"].clone()
     assert widen_state_dict(new, state) == ["level1_fuse.conv.weight"]
@@ -74,9 +65,8 @@ def _train(root: Path, out: Path, *extra: str) -> int:
 
 def test_option_trains_and_is_recorded(camvid, tmp_path):
     init = tmp_path / "plain.safetensors"
-    plain = _randomised(build_model("espnet", C), 2)
-    save_model(init, plain, ModelCard(arch="espnet", dataset="camvid", class_names=list(CAMVID.class_names),
-                                      palette=[list(p) for p in CAMVID.palette], num_classes=C, input_size=[64, 48]))
+    plain = randomize(build_model("espnet", C), 2)
+    save_model(init, plain, ModelCard.for_dataset("espnet", CAMVID, [64, 48]))
     out = tmp_path / "run"
     assert _train(camvid, out, "--option", "decoder_concat_input=true", "--init", str(init)) == 0
     card = read_card(out / "best.safetensors")
