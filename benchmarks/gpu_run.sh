@@ -113,12 +113,29 @@ if [ "$SMOKE" = 1 ]; then
 fi
 EVAL_IMAGES="$ROOT/val"; EVAL_LABELS="$ROOT/valannot"
 
+# 0) The CUDA-graph tests first: training replays each step as a CUDA graph (auto on CUDA);
+#    if graphed training does not match eager training here, train eagerly instead.
+GRAPHS_FLAG=()
+if [ "$SMOKE" = 0 ]; then
+  set +e
+  (cd "$REPO" && timeout 150 "$PY" -m pytest -q -p no:cacheprovider test/test_train_cuda_graphs.py) \
+    > "$LOGS/pytest_cuda_graphs.log" 2>&1
+  GRC=$?
+  set -e
+  if [ "$GRC" -ne 0 ]; then
+    GRAPHS_FLAG=(--no-cuda-graphs)
+    echo "CUDA graph tests: exit $GRC: training eagerly (--no-cuda-graphs)" | tee -a "$LOGS/gpu_run.log"
+  else
+    echo "CUDA graph tests: passed in $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
+  fi
+fi
+
 # 1) Training: the papers' recipes (multi-scale epochs, step decay / poly), the last epoch of
 #    the fixed (budget-fitted) schedule exported: val never picks the checkpoint.
 T0=$(elapsed)
 set +e
 "$PY" -m enet_seg_ros.cli train --arch enet,espnet,erfnet $CONCURRENT --dataset camvid --data-root "$ROOT" \
-  --out "$WORK/runs" --recipe paper --select last "${TRAIN_ARGS[@]}" > "$LOGS/train.log" 2>&1
+  --out "$WORK/runs" --recipe paper --select last "${TRAIN_ARGS[@]}" ${GRAPHS_FLAG[@]+"${GRAPHS_FLAG[@]}"} > "$LOGS/train.log" 2>&1
 TRAIN_RC=$?
 set -e
 echo "training: exit $TRAIN_RC in $(( $(elapsed) - T0 ))s" | tee -a "$LOGS/gpu_run.log"
@@ -174,7 +191,7 @@ fi
 # 4) The GPU tests (not this script's own test). Smoke: collection only.
 T=$(( $(left) - 15 ))
 if [ "$T" -gt 10 ]; then
-  PYTEST=(-m pytest -q -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run")
+  PYTEST=(-m pytest -q -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and not cuda_graphs")
   if [ "$SMOKE" = 1 ]; then
     # collect only, and only the files named for GPUs (collecting all test modules takes long on CPU)
     FILES=$(ls "$REPO"/test/test_*cuda*.py "$REPO"/test/test_*gpu*.py "$REPO"/test/test_*tensorrt*.py 2>/dev/null \

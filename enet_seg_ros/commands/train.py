@@ -126,6 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (forward and backward); default: auto, on CPU for ENet and "
                         "ESPNet in runs of >= 1000 steps (a one-off compile of ~1-2 min that their steps repay), "
                         "off for ERFNet (slower compiled) and on CUDA")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each training step (forward, loss, backward, Adam update) as one CUDA graph: "
+                        "these small nets' eager steps are bound by kernel launches on a GPU; default: auto, on "
+                        "for one CUDA process without --distill or --compile")
     p.add_argument("--select", choices=["last", "holdout", "val"], default="last",
                    help="checkpoint to export: last (fixed schedule, last epoch), holdout (best on --holdout "
                         "frames held out of train) or val (best on val: optimistic, the score also picked it)")
@@ -172,7 +176,8 @@ def _config(args: argparse.Namespace, arch: str, out: str, budget_s: float):
         cache_data=not args.no_cache, max_steps_per_epoch=args.max_steps_per_epoch, sync_bn=args.sync_bn,
         freeze_bn=args.freeze_bn, no_dropout=args.no_dropout, stop_after=args.stop_after,
         recipe=args.recipe, epoch_scales=args.epoch_scales, encoder_batch_size=args.encoder_batch_size,
-        color_jitter=args.color_jitter, precision=args.precision, compile=args.compile, select=args.select,
+        color_jitter=args.color_jitter, precision=args.precision, compile=args.compile,
+        cuda_graphs=args.cuda_graphs, select=args.select,
         holdout=args.holdout, budget_s=budget_s, distill=args.distill, distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, options=_options(arch, args.option),
     )

@@ -145,16 +145,17 @@ class BatchAugment:
         valid_y = (sy >= 0) & (sy < p["sh"][:, None])
         # Pixel centres (OpenCV / align_corners=False): source = (sx + 0.5) * W / sw - 0.5, i.e.
         # grid_sample's normalised coordinate (2 sx + 1) / sw - 1.
-        gx = (2 * sx + 1) / p["sw"][:, None] - 1
-        gy = (2 * sy + 1) / p["sh"][:, None] - 1
+        # Per-row / per-column values are computed on the host (float64, small); the full
+        # (B, H, W) grid and mask are broadcast on the device (no host-built 30 MB grid to copy).
+        gx = ((2 * sx + 1) / p["sw"][:, None] - 1).to(dev, torch.float32)
+        gy = ((2 * sy + 1) / p["sh"][:, None] - 1).to(dev, torch.float32)
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        out = F.grid_sample(images.float(), grid.to(dev, torch.float32), mode="bilinear",
-                            padding_mode="border", align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         ix = _nearest_exact_index(sx, p["sw"], self.input_w)
         iy = _nearest_exact_index(sy, p["sh"], self.input_h)
         bidx = torch.arange(b)[:, None, None]
         lab = labels[bidx.to(dev), iy[:, :, None].to(dev), ix[:, None, :].to(dev)].long()
-        valid = (valid_y[:, :, None] & valid_x[:, None, :]).to(dev)
+        valid = valid_y.to(dev)[:, :, None] & valid_x.to(dev)[:, None, :]
         lab = torch.where(valid, lab, torch.full_like(lab, self.ignore_index))
         out = out * valid[:, None].to(out.dtype)
         if self.color_jitter > 0:

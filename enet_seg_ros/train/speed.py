@@ -83,13 +83,46 @@ def compile_decision(setting: Optional[bool], arch: str, device: torch.device, p
     return "step", "auto: forward + loss ({} training steps)".format(planned_steps)
 
 
-def adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam with the fused single-kernel update where this PyTorch has it (CPU and CUDA)."""
+def adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+         capturable: bool = False) -> torch.optim.Adam:
+    """Adam with the fused single-kernel update where this PyTorch has it (CPU and CUDA).
+
+    ``capturable``: its step counter and learning rate live on the device, so a CUDA graph can
+    replay the update (``train/cuda_graphs.py``); the same arithmetic.
+    """
     params = list(params)
     kwargs = {}
     if "fused" in inspect.signature(torch.optim.Adam).parameters and params:
         kwargs["fused"] = True
+    if capturable:
+        kwargs["capturable"] = True
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def cuda_graphs_decision(setting: Optional[bool], device: torch.device, processes: int = 1,
+                         distill: bool = False, compile_scope: str = "off") -> Tuple[bool, str]:
+    """(on, why) for ``--cuda-graphs`` / ``--no-cuda-graphs`` (True / False) or auto (None).
+
+    Auto: on for a single CUDA process training on labels with eager steps (replaying each
+    step as one CUDA graph, see ``train/cuda_graphs.py``). Asked for where it cannot work:
+    ValueError naming why.
+    """
+    blockers = []
+    if device.type != "cuda":
+        blockers.append("they need a CUDA device (training on {})".format(device.type))
+    if processes > 1:
+        blockers.append("not with {} DDP processes".format(processes))
+    if distill:
+        blockers.append("not with --distill (the teacher runs outside the graph)")
+    if compile_scope != "off":
+        blockers.append("not with torch.compile")
+    if setting is False:
+        return False, "off (--no-cuda-graphs)"
+    if blockers:
+        if setting:
+            raise ValueError("--cuda-graphs: " + "; ".join(blockers))
+        return False, "auto: off ({})".format(blockers[0])
+    return True, "on" + (" (--cuda-graphs)" if setting else " (auto: single CUDA process, eager steps)")
 
 
 _MALLOC_TUNED = False

@@ -53,7 +53,8 @@ from .distill import Teacher, distillation_sum
 from .init_weights import widen_state_dict
 from .inputs import BatchNormalizer, pixel_weights
 from .recipes import paper_recipe, recipe_for
-from .speed import adam, compile_decision, keep_freed_memory, memory_format_for
+from .cuda_graphs import GraphedSteps
+from .speed import adam, compile_decision, cuda_graphs_decision, keep_freed_memory, memory_format_for
 
 log = logging.getLogger("enet_seg_ros.train")
 CHECKPOINT = "last.pt"
@@ -110,6 +111,9 @@ class TrainConfig:
     # torch.compile forward + loss (and so their backward): True / False, or None = auto
     # (speed.compile_decision: on CPU, per arch, in runs long enough to repay the compile).
     compile: Optional[bool] = None
+    # Replay each training step as one CUDA graph (train/cuda_graphs.py): True / False, or None =
+    # auto (speed.cuda_graphs_decision: on for one CUDA process with eager steps).
+    cuda_graphs: Optional[bool] = None
     select: str = "last"  # checkpoint selection: last | holdout | val (see the module doc)
     holdout: int = 0  # frames held out of train for select=holdout
     # Wall budget (s) of this run: epochs are fitted from a throughput probe, and training stops
@@ -261,6 +265,7 @@ class Trainer:
         # torch.compile-d by run() as speed.compile_decision says (scope step: the first, loss: the second).
         self._forward_loss_fn = self._forward_loss
         self._loss_terms_fn = self._loss_terms
+        self._graphs: Optional[GraphedSteps] = None  # set by run() as speed.cuda_graphs_decision says
         self.teacher: Optional[Teacher] = None  # --distill: loaded with the data (needs the classes)
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
@@ -388,7 +393,8 @@ class Trainer:
 
     def _optimizer(self, model: nn.Module):
         cfg = self.cfg
-        return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                    capturable=self._graphs is not None)
 
     def _scheduler(self, opt, stage: str):
         epochs = self._stage_epochs(stage)
@@ -435,7 +441,9 @@ class Trainer:
     def _forward_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, encoder: bool,
                       teacher: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss terms of one batch: what ``torch.compile`` compiles (one graph with the loss)."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        # No cast cache under CUDA graphs: each replay must cast the weights it has now.
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
+                            cache_enabled=self._graphs is None):
             out = model(x)
         if encoder:
             # nearest-exact takes each output cell's centre pixel ("nearest" takes its corner).
@@ -465,11 +473,17 @@ class Trainer:
         """One optimiser step on an augmented batch (float RGB 0..255); returns the (detached) loss."""
         encoder = stage == "encoder"
         teacher = self.teacher.logits(rgb) if self.teacher is not None and not encoder else None
-        loss = self._loss(*self._forward_loss_fn(model, self._normalize(rgb), y, encoder, teacher))
+
+        def body(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            loss = self._loss(*self._forward_loss_fn(model, self._normalize(rgb), y, encoder, teacher))
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        if self._graphs is not None:
+            return self._graphs.step(stage, opt, body, rgb, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return body(rgb, y)
 
     def _pass_order(self, sampler: DistributedSampler, p: _Pass, stage_index: int, epoch: int) -> List[int]:
         # Pass 0 keeps the single-pass epoch's sampler seed (runs without epoch scales unchanged).
@@ -655,6 +669,10 @@ class Trainer:
                 self._forward_loss_fn = torch.compile(self._forward_loss)
             else:
                 self._loss_terms_fn = torch.compile(self._loss_terms)
+        graphs, why = cuda_graphs_decision(cfg.cuda_graphs, self.device, self.world, bool(cfg.distill),
+                                           self.compile_scope)
+        log.info("CUDA graphs: %s", why)
+        self._graphs = GraphedSteps(self.device) if graphs else None
         if cfg.budget_s and ckpt is None:
             self._fit_budget(model, net, sampler, passes, stages)
         log.info("training %s on %s in %s, %d pass(es) per epoch, epochs %s", cfg.arch, self.device, self.precision,
@@ -692,7 +710,7 @@ class Trainer:
                 _sync(self.device)
                 seconds = time.time() - t0
                 train_time += seconds
-                lr = opt.param_groups[0]["lr"]
+                lr = float(opt.param_groups[0]["lr"])  # a tensor when CUDA graphs replay the update
                 last_epoch = epoch == self._stage_epochs(stage) - 1
                 if cfg.budget_s and not last_epoch and time.time() - t_run > cfg.budget_s:
                     log.warning("over the %.0f s budget after %s epoch %d: stopping here and exporting",
@@ -743,6 +761,9 @@ class Trainer:
                 break
         if writer is not None:
             writer.close()
+        if self._graphs is not None:
+            log.info("CUDA graphs: %d captures, %d replays%s", self._graphs.captures, self._graphs.replays,
+                     "; " + self._graphs.disabled if self._graphs.disabled else "")
         return result
 
     def _export(self, net: nn.Module, val: Dict[str, Any], held: Dict[str, Any], epoch: int, stage: str,

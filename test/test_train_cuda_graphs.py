@@ -1,0 +1,147 @@
+"""Training steps replayed as CUDA graphs (train/cuda_graphs.py): the decision and its errors
+everywhere; on a CUDA machine, graphed training == eager training and scheduler changes reach
+the replayed update. (The CUDA tests run in ``benchmarks/gpu_run.sh``, before its training.)"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from enet_seg_ros import cli
+from enet_seg_ros.train import speed
+from enet_seg_ros.train.cuda_graphs import GraphedSteps
+from test_datasets import make_camvid
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda", 0)
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------- everywhere
+def test_auto_decision():
+    assert speed.cuda_graphs_decision(None, CUDA)[0] is True
+    on_cpu = speed.cuda_graphs_decision(None, CPU)
+    assert on_cpu[0] is False and "CUDA device" in on_cpu[1]
+    assert speed.cuda_graphs_decision(None, CUDA, processes=2)[0] is False
+    assert speed.cuda_graphs_decision(None, CUDA, distill=True)[0] is False
+    assert speed.cuda_graphs_decision(None, CUDA, compile_scope="step")[0] is False
+    assert speed.cuda_graphs_decision(False, CUDA) == (False, "off (--no-cuda-graphs)")
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"device": CPU}, "CUDA device"),
+    ({"device": CUDA, "processes": 4}, "4 DDP processes"),
+    ({"device": CUDA, "distill": True}, "--distill"),
+    ({"device": CUDA, "compile_scope": "loss"}, "torch.compile"),
+])
+def test_asked_where_impossible_names_why(kwargs, names):
+    with pytest.raises(ValueError, match=names):
+        speed.cuda_graphs_decision(True, **kwargs)
+
+
+def test_graphed_steps_refuse_cpu_and_zero_warmup():
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedSteps(CPU)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="warmup"):
+            GraphedSteps(CUDA, warmup=0)
+
+
+def test_cli_cuda_graphs_on_cpu_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root = make_camvid(tmp_path / "camvid", n_train=4, n_val=2)
+    rc = cli.main(["train", "--dataset", "camvid", "--data-root", str(root), "--out", str(tmp_path / "run"),
+                   "--arch", "enet", "--size", "64x48", "--batch-size", "2", "--epochs", "1", "--stages", "decoder",
+                   "--threads", "1", "--cuda-graphs"])
+    assert rc != 0
+    assert "--cuda-graphs: they need a CUDA device" in capsys.readouterr().err
+
+
+def test_capturable_adam_is_the_same_update():
+    """capturable=True moves Adam's counters to the device; the update is the same arithmetic."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    oa = speed.adam(a.parameters(), lr=1e-2, weight_decay=1e-4)
+    ob = speed.adam(b.parameters(), lr=1e-2, weight_decay=1e-4, capturable=True)
+    assert ob.param_groups[0]["capturable"] and not oa.param_groups[0].get("capturable")
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+# ------------------------------------------------------------------------------------ on CUDA
+def _log(out: Path):
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@cuda
+def test_graphed_training_equals_eager(tmp_path, caplog):
+    """Same seed, fp32, no dropout: a run replaying CUDA graphs trains as the eager run does.
+
+    Two stages, two epoch scales (four graphs), a step schedule that changes the learning rate.
+    Not bit-equal: cuDNN's benchmark may pick other algorithms in the two runs.
+    """
+    root = make_camvid(tmp_path / "camvid", n_train=12, n_val=4)
+    common = ["train", "--dataset", "camvid", "--data-root", str(root), "--arch", "enet", "--size", "96x72",
+              "--batch-size", "2", "--stages", "both", "--encoder-epochs", "2", "--epochs", "3",
+              "--epoch-scales", "0.75,1", "--schedule", "step", "--precision", "fp32", "--no-dropout"]
+    caplog.set_level(logging.INFO, logger="enet_seg_ros")
+    assert cli.main(common + ["--out", str(tmp_path / "eager"), "--no-cuda-graphs"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "graphs"), "--cuda-graphs"]) == 0
+    text = caplog.text
+    assert "CUDA graphs: on (--cuda-graphs)" in text
+    assert "CUDA graphs: 4 captures" in text and "capture failed" not in text
+    eager, graphs = _log(tmp_path / "eager"), _log(tmp_path / "graphs")
+    assert [r["lr"] for r in eager] == [r["lr"] for r in graphs]
+    for a, b in zip(eager, graphs):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.02), (a, b)
+    ea = torch.load(tmp_path / "eager" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    gb = torch.load(tmp_path / "graphs" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    for k, v in ea.items():
+        if v.is_floating_point() and v.numel() > 1:
+            cos = torch.nn.functional.cosine_similarity(v.flatten().double(), gb[k].flatten().double(), dim=0)
+            assert cos > 0.99, k
+
+
+@cuda
+def test_replayed_update_follows_the_learning_rate():
+    """A scheduler that writes a float lr (older PyTorch) or fills the tensor: the replay uses it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)).to(CUDA)
+    opt = speed.adam(model.parameters(), lr=1e-2, weight_decay=0.0, capturable=True)
+    graphs = GraphedSteps(CUDA, warmup=1)
+
+    def body(x, y):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    x, y = torch.randn(2, 3, 8, 8, device=CUDA), torch.randn(2, 4, 8, 8, device=CUDA)
+    for _ in range(3):  # warm-up, capture + replay, replay
+        graphs.step("s", opt, body, x, y)
+    assert (graphs.captures, graphs.replays) == (1, 2)
+    weight = model[0].weight.detach().clone()
+    opt.param_groups[0]["lr"] = 0.0  # a float, as a scheduler of an older PyTorch writes it
+    graphs.step("s", opt, body, x, y)
+    torch.testing.assert_close(model[0].weight, weight, rtol=0, atol=0)
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == 0.0  # the graph's tensor, back in the group
+    lr.fill_(1e-2)  # as a current PyTorch scheduler does
+    graphs.step("s", opt, body, x, y)
+    assert not torch.equal(model[0].weight, weight)
+    # New data reaches the graph: a different batch gives a different loss.
+    l1 = graphs.step("s", opt, body, x, y)
+    l2 = graphs.step("s", opt, body, 2 * x, y)
+    assert not torch.equal(l1, l2)
