@@ -1,6 +1,7 @@
 """torch-CUDA backend timings (run by gpu_cuda_bench.sh; see BENCHMARKS.md, "GPU (torch CUDA)").
 
-For each arch x size x precision x mode (eager / CUDA graphs) it times, on one GPU:
+For each arch x size x precision x mode (eager / CUDA graphs / graphs with cuDNN heuristics
+instead of its benchmark) it times, on one GPU:
 
 - ``bare``: the backend call on one model-size uint8 frame already in host memory (pinned
   upload, network, argmax, label download: ``Backend.infer``);
@@ -74,8 +75,9 @@ def main(argv=None) -> int:
             print("gpu_cuda_bench: no CUDA device (torch.cuda.is_available() is False); use --smoke on CPU",
                   file=sys.stderr)
             return 2
-        device, sizes, precisions, modes, budget, warmup = "cuda", SIZES, ("fp32", "fp16"), ("eager", "graphs"), \
-            args.budget, 3
+        # graphs_heuristic: graphs with cuDNN's heuristics instead of its benchmark (the default), side by side
+        device, sizes, precisions, modes, budget, warmup = "cuda", SIZES, ("fp32", "fp16"), \
+            ("eager", "graphs", "graphs_heuristic"), args.budget, 3
         sync = torch.cuda.synchronize
     rows: List[Dict[str, Any]] = []
     started = time.perf_counter()
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
                     row: Dict[str, Any] = {"arch": arch, "weights": weights, "size": "{}x{}".format(w, h),
                                            "precision": precision, "mode": mode, "device": device}
                     try:
-                        options = {"cuda_graphs": mode == "graphs"} if device == "cuda" else {}
+                        options = ({"cuda_graphs": mode != "eager", "cudnn_benchmark": mode != "graphs_heuristic"}
+                                   if device == "cuda" else {})
                         seg = Segmenter((model, card), backend="torch", device=device, precision=precision,
                                         input_size=(w, h), strict=True, warmup=warmup, **options)
                         batch = frame[None]

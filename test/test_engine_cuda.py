@@ -51,6 +51,24 @@ def test_cuda_labels_agree_with_cpu_fp32(arch, precision, floor):
         seg.close()
 
 
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+def test_cudnn_benchmark_is_scoped_and_labels_match_heuristics(graphs):
+    """cuDNN benchmark mode (default on CUDA) leaves the process-wide flag as it found it and gives
+    the labels that heuristically chosen algorithms give."""
+    model, card = _model("erfnet")
+    frames = _frames(2)
+    before = torch.backends.cudnn.benchmark
+    tuned = Segmenter((model, card), backend="torch", device="cuda", precision="fp16", cuda_graphs=graphs)
+    plain = Segmenter((model, card), backend="torch", device="cuda", precision="fp16", cuda_graphs=graphs,
+                      cudnn_benchmark=False)
+    assert tuned.backend.details["cudnn_benchmark"] is True and plain.backend.details["cudnn_benchmark"] is False
+    for f in frames:
+        assert np.mean(tuned.segment(f, output="model").labels == plain.segment(f, output="model").labels) >= 0.995
+    assert torch.backends.cudnn.benchmark is before
+    tuned.close()
+    plain.close()
+
+
 def test_graph_replay_equals_eager_and_batches_equal_single_frames():
     model, card = _model("enet")
     frames = _frames(5)

@@ -710,7 +710,9 @@ class Trainer:
                 _sync(self.device)
                 seconds = time.time() - t0
                 train_time += seconds
-                lr = float(opt.param_groups[0]["lr"])  # a tensor when CUDA graphs replay the update
+                # A float32 tensor when CUDA graphs replay the update: logged to 7 significant
+                # digits, float32's (5e-4, not 0.0005000000237), the same in graphed and eager runs.
+                lr = float("{:.7g}".format(float(opt.param_groups[0]["lr"])))
                 last_epoch = epoch == self._stage_epochs(stage) - 1
                 if cfg.budget_s and not last_epoch and time.time() - t_run > cfg.budget_s:
                     log.warning("over the %.0f s budget after %s epoch %d: stopping here and exporting",
