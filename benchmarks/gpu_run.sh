@@ -16,7 +16,7 @@
 #                                   [--sequential] [--smoke]
 #   --out DIR        where the tarball goes (default out/gpu/)
 #   --budget-s S     total wall budget of this script (default 540)
-#   --train-share S  wall budget of the training (default 390): each arch's run probes its
+#   --train-share S  wall budget of the training (default 330): each arch's run probes its
 #                    throughput, fits its epochs so its schedule completes in the share, and
 #                    stops and exports if it still runs over
 #   --sequential     train the archs one after another (share split in three) instead of
@@ -33,7 +33,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 OUT="out/gpu"
 BUDGET=540
-SHARE=390
+SHARE=330
 DATA="$REPO/data_cache/camvid_jpeg95.tar"
 SMOKE=0
 CONCURRENT="--concurrent"
@@ -142,7 +142,25 @@ echo "training: exit $TRAIN_RC in $(( $(elapsed) - T0 ))s" | tee -a "$LOGS/gpu_r
 tail -n 5 "$LOGS/train.log" | tee -a "$LOGS/gpu_run.log"
 
 # 2) Score on val through the inference path (Segmenter, torch backend) as a cross-check of the
-#    trainer's own val score in the card.
+#    trainer's own val score in the card. The three archs in parallel (one GPU, small nets), so
+#    the whole step takes at most 2 x EVAL_TIMEOUT.
+score() {  # arch run_dir: logit offsets fitted on train (enet-seg calibrate), then eval-dir on val
+  local arch="$1" run="$2" weights="$2/best.safetensors" rc
+  # Per-class logit offsets fitted on train, val scored once after: the file to ship when it
+  # beats the current model. eval-dir then cross-checks its card.
+  if timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli calibrate "$run/best.safetensors" --dataset camvid \
+       --data-root "$ROOT" --device "$DEVICE" --out "$PACK/runs/$arch/calibrated.safetensors" \
+       > "$LOGS/calibrate_$arch.log" 2>&1; then
+    weights="$PACK/runs/$arch/calibrated.safetensors"
+  else
+    rc=$?; echo "calibrate $arch: exit $rc" | tee -a "$LOGS/gpu_run.log"
+  fi
+  timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli eval-dir --dataset camvid --images "$EVAL_IMAGES" \
+    --labels "$EVAL_LABELS" --weights "$weights" --backend torch --device "$DEVICE" --no-progress \
+    --out "$PACK/runs/$arch/eval_val" > "$LOGS/eval_$arch.log" 2>&1 \
+    || { rc=$?; echo "eval-dir $arch: exit $rc" | tee -a "$LOGS/gpu_run.log"; }
+}
+SCORING=()
 for arch in enet espnet erfnet; do
   run="$WORK/runs/$arch"
   [ -d "$run" ] || continue
@@ -153,22 +171,14 @@ for arch in enet espnet erfnet; do
   # (smoke: ENet only, each command is a fresh Python with torch to import)
   if [ -f "$run/best.safetensors" ] && { { [ "$SMOKE" = 0 ] && [ "$(left)" -gt $(( 2 * EVAL_TIMEOUT + 30 )) ]; } \
                                          || { [ "$SMOKE" = 1 ] && [ "$arch" = enet ]; }; }; then
-    # Per-class logit offsets fitted on train (enet-seg calibrate), val scored once after:
-    # the file to ship when it beats the current model. eval-dir then cross-checks its card.
-    WEIGHTS="$run/best.safetensors"
-    if timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli calibrate "$run/best.safetensors" --dataset camvid \
-         --data-root "$ROOT" --device "$DEVICE" --out "$PACK/runs/$arch/calibrated.safetensors" \
-         > "$LOGS/calibrate_$arch.log" 2>&1; then
-      WEIGHTS="$PACK/runs/$arch/calibrated.safetensors"
-    else
-      echo "calibrate $arch: exit $?" | tee -a "$LOGS/gpu_run.log"
-    fi
-    timeout "$EVAL_TIMEOUT" "$PY" -m enet_seg_ros.cli eval-dir --dataset camvid --images "$EVAL_IMAGES" --labels "$EVAL_LABELS" \
-      --weights "$WEIGHTS" --backend torch --device "$DEVICE" --no-progress \
-      --out "$PACK/runs/$arch/eval_val" > "$LOGS/eval_$arch.log" 2>&1 \
-      || echo "eval-dir $arch: exit $?" | tee -a "$LOGS/gpu_run.log"
+    score "$arch" "$run" &
+    SCORING+=($!)
+  elif [ "$SMOKE" = 0 ]; then
+    echo "scoring $arch: skipped, $(left)s left" | tee -a "$LOGS/gpu_run.log"
   fi
 done
+for pid in ${SCORING[@]+"${SCORING[@]}"}; do wait "$pid" || true; done
+echo "scoring done at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
 
 # 3) The CUDA inference benchmark of the other engineer's script, with the time left.
 BENCH="$REPO/benchmarks/gpu_cuda_bench.sh"
