@@ -696,6 +696,7 @@ class Trainer:
             first = start_epoch if si == stage_index else 0
             if ckpt is not None and si == stage_index and "optimizer" in ckpt:
                 opt.load_state_dict(ckpt["optimizer"])
+                _match_optimizer(opt, graphs=self._graphs is not None)
                 sched.load_state_dict(ckpt["scheduler"])
                 torch.set_rng_state(ckpt["torch_rng"].cpu())
             last_stage = si == len(stages) - 1
@@ -803,6 +804,19 @@ class Trainer:
         net.encoder_only = False
         save_model(self.out / BEST, net, card)
         net.encoder_only = was
+
+
+def _match_optimizer(opt: torch.optim.Optimizer, graphs: bool) -> None:
+    """After loading a checkpoint's optimiser state: this run's capturable setting and lr type.
+
+    A checkpoint written by a CUDA-graph run carries ``capturable=True`` and a tensor ``lr``;
+    one written without graphs, a float. Resuming on the other kind of run (another device,
+    ``--no-cuda-graphs``) keeps the values and converts the form.
+    """
+    for group in opt.param_groups:
+        group["capturable"] = graphs
+        if not graphs and isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
 
 
 def _sync(device: torch.device) -> None:
