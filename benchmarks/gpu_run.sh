@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# gpu_run.sh: train ENet, ESPNet and ERFNet with the papers' full recipes on one NVIDIA GPU,
-# score them on CamVid val, and pack weights + cards + logs into ONE tarball, within a wall
-# budget (default 540 s: fits 9 minutes on one H100 with start-up to spare).
+# gpu_run.sh: on one NVIDIA GPU, within a wall budget (default 540 s: 9 minutes on one H100 with
+# start-up to spare): run the GPU tests and the torch-CUDA inference benchmark, train ENet, ESPNet
+# and ERFNet with the papers' full recipes in the time left, score them on CamVid val, and pack
+# weights + cards + logs + timings into ONE tarball. Measurements first, so they always come back;
+# the training share is what remains after them minus the scoring reserve.
 #
 # Machine: one NVIDIA GPU, Python 3.12 with PyTorch (CUDA), numpy, opencv, safetensors, tqdm,
 # onnxruntime, pytest. No ROS, no OpenVINO, no TensorRT, no network, no pip install: the
@@ -16,12 +18,15 @@
 #                                   [--sequential] [--smoke]
 #   --out DIR        where the tarball goes (default out/gpu/)
 #   --budget-s S     total wall budget of this script (default 540)
-#   --train-share S  wall budget of the training (default 330): each arch's run probes its
+#   --train-share S  wall budget of the training (default: what is left after the tests and the
+#                    benchmark, minus the scoring and packing reserve): each arch's run probes its
 #                    throughput, fits its epochs so its schedule completes in the share, and
 #                    stops and exports if it still runs over
 #   --sequential     train the archs one after another (share split in three) instead of
 #                    concurrently on the one GPU (default: concurrently; small nets leave an
 #                    H100 mostly idle one at a time)
+#   --no-bench       skip the inference benchmark (gpu_cuda_bench.sh), e.g. when the backend is
+#                    unchanged since the last GPU run: more training time
 #   --smoke          CPU dry run for CI: 24 train / 8 val frames of the tar at 96x72, two epoch scales, 1 step per pass (2 steps
 #                    per stage), 1 epoch per stage, generous timeouts; the pytest step only collects
 #
@@ -33,7 +38,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 OUT="out/gpu"
 BUDGET=540
-SHARE=330
+SHARE=""
+BENCH_ON=1
 DATA="$REPO/data_cache/camvid_jpeg95.tar"
 SMOKE=0
 CONCURRENT="--concurrent"
@@ -44,8 +50,9 @@ while [ $# -gt 0 ]; do
     --train-share) SHARE="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
     --sequential) CONCURRENT=""; shift ;;
+    --no-bench) BENCH_ON=0; shift ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 0 ;;
     *) echo "gpu_run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,8 +61,9 @@ if [ ! -f "$DATA" ]; then
   exit 2
 fi
 # Smoke: little work, but generous timeouts (a shared CI CPU may give each process a fraction of a core)
-EVAL_TIMEOUT=60
-if [ "$SMOKE" = 1 ] && [ "$BUDGET" = 540 ]; then BUDGET=480; SHARE=120; EVAL_TIMEOUT=200; fi
+EVAL_TIMEOUT=45
+if [ "$SMOKE" = 1 ] && [ "$BUDGET" = 540 ]; then BUDGET=480; SHARE="${SHARE:-120}"; EVAL_TIMEOUT=200; fi
+RESERVE=$(( 2 * EVAL_TIMEOUT + 30 ))  # after training: scoring (parallel, at most 2 x EVAL_TIMEOUT) + packing
 
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -72,7 +80,8 @@ mkdir -p "$LOGS" "$PACK/runs"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-echo "gpu_run.sh: budget ${BUDGET}s (training ${SHARE}s), smoke=$SMOKE, out $OUT" | tee "$LOGS/gpu_run.log"
+echo "gpu_run.sh: budget ${BUDGET}s (training: ${SHARE:-what is left minus $RESERVE}s), smoke=$SMOKE, out $OUT" \
+  | tee "$LOGS/gpu_run.log"
 {
   date -u
   nvidia-smi 2>&1 || echo "nvidia-smi: not available"
@@ -93,11 +102,11 @@ ROOT="$WORK/camvid_jpeg"
 [ -d "$ROOT/train" ] || { echo "gpu_run.sh: $DATA has no camvid_jpeg/train" >&2; exit 2; }
 echo "untarred in $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
 
-TRAIN_ARGS=(--size 480x360 --budget-s "$SHARE" --val-every 10)
+TRAIN_ARGS=(--size 480x360 --val-every 10)
 DEVICE=cuda:0
 if [ "$SMOKE" = 1 ]; then
   TRAIN_ARGS=(--size 96x72 --epoch-scales 0.5,1.5 --max-steps-per-epoch 1 --epochs 1 --encoder-epochs 1
-              --threads 1 --budget-s "$SHARE")
+              --threads 1)
   DEVICE=cpu
   # CPU time: the real tar and layout, but 24 train + 8 val frames of it (symlinks)
   SMALL="$WORK/camvid_small"
@@ -130,8 +139,41 @@ if [ "$SMOKE" = 0 ]; then
   fi
 fi
 
-# 1) Training: the papers' recipes (multi-scale epochs, step decay / poly), the last epoch of
+# 1) The other GPU tests (not this script's own test). Smoke: collection only.
+PYTEST=(-m pytest -q -rs -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and not cuda_graphs")
+if [ "$SMOKE" = 1 ]; then
+  # collect only, and only the files named for GPUs (collecting all test modules takes long on CPU)
+  FILES=$(ls "$REPO"/test/test_*cuda*.py "$REPO"/test/test_*gpu*.py "$REPO"/test/test_*tensorrt*.py 2>/dev/null \
+          | grep -v gpu_run || true)
+  PYTEST=(-m pytest -q -p no:cacheprovider --collect-only $FILES -k "cuda or gpu or tensorrt")
+fi
+set +e
+(cd "$REPO" && timeout 120 "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1
+echo "pytest (cuda or gpu or tensorrt): exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
+set -e
+
+# 2) The torch-CUDA inference benchmark (BENCHMARKS.md, "GPU (torch CUDA)").
+BENCH="$REPO/benchmarks/gpu_cuda_bench.sh"
+if [ "$BENCH_ON" = 1 ] && [ -f "$BENCH" ]; then
+  mkdir -p "$PACK/cuda_bench"
+  SMOKE_FLAG=""; [ "$SMOKE" = 1 ] && SMOKE_FLAG="--smoke"
+  set +e
+  timeout 120 bash "$BENCH" --out "$PACK/cuda_bench" $SMOKE_FLAG > "$LOGS/cuda_bench.log" 2>&1
+  echo "gpu_cuda_bench.sh: exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
+  set -e
+else
+  echo "gpu_cuda_bench.sh: skipped (--no-bench or not in this checkout)" | tee -a "$LOGS/gpu_run.log"
+fi
+
+# 3) Training: the papers' recipes (multi-scale epochs, step decay / poly), the last epoch of
 #    the fixed (budget-fitted) schedule exported: val never picks the checkpoint.
+if [ -z "$SHARE" ]; then SHARE=$(( $(left) - RESERVE )); fi
+if [ "$SHARE" -lt 60 ]; then
+  echo "gpu_run.sh: only ${SHARE}s left for training (budget ${BUDGET}s): raise --budget-s or pass --no-bench" >&2
+  SHARE=60
+fi
+TRAIN_ARGS+=(--budget-s "$SHARE")
+echo "training share ${SHARE}s (${RESERVE}s kept for scoring and packing)" | tee -a "$LOGS/gpu_run.log"
 T0=$(elapsed)
 set +e
 "$PY" -m enet_seg_ros.cli train --arch enet,espnet,erfnet $CONCURRENT --dataset camvid --data-root "$ROOT" \
@@ -141,7 +183,7 @@ set -e
 echo "training: exit $TRAIN_RC in $(( $(elapsed) - T0 ))s" | tee -a "$LOGS/gpu_run.log"
 tail -n 5 "$LOGS/train.log" | tee -a "$LOGS/gpu_run.log"
 
-# 2) Score on val through the inference path (Segmenter, torch backend) as a cross-check of the
+# 4) Score on val through the inference path (Segmenter, torch backend) as a cross-check of the
 #    trainer's own val score in the card. The three archs in parallel (one GPU, small nets), so
 #    the whole step takes at most 2 x EVAL_TIMEOUT.
 score() {  # arch run_dir: logit offsets fitted on train (enet-seg calibrate), then eval-dir on val
@@ -179,42 +221,6 @@ for arch in enet espnet erfnet; do
 done
 for pid in ${SCORING[@]+"${SCORING[@]}"}; do wait "$pid" || true; done
 echo "scoring done at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
-
-# 3) The CUDA inference benchmark of the other engineer's script, with the time left.
-BENCH="$REPO/benchmarks/gpu_cuda_bench.sh"
-if [ -f "$BENCH" ]; then
-  T=$(( $(left) - 75 ))
-  if [ "$T" -gt 20 ]; then
-    mkdir -p "$PACK/cuda_bench"
-    SMOKE_FLAG=""; [ "$SMOKE" = 1 ] && SMOKE_FLAG="--smoke"
-    set +e
-    timeout "$T" bash "$BENCH" --out "$PACK/cuda_bench" $SMOKE_FLAG > "$LOGS/cuda_bench.log" 2>&1
-    echo "gpu_cuda_bench.sh: exit $? (timeout ${T}s)" | tee -a "$LOGS/gpu_run.log"
-    set -e
-  else
-    echo "gpu_cuda_bench.sh: skipped, ${T}s left" | tee -a "$LOGS/gpu_run.log"
-  fi
-else
-  echo "gpu_cuda_bench.sh: not in this checkout" | tee -a "$LOGS/gpu_run.log"
-fi
-
-# 4) The GPU tests (not this script's own test). Smoke: collection only.
-T=$(( $(left) - 15 ))
-if [ "$T" -gt 10 ]; then
-  PYTEST=(-m pytest -q -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and not cuda_graphs")
-  if [ "$SMOKE" = 1 ]; then
-    # collect only, and only the files named for GPUs (collecting all test modules takes long on CPU)
-    FILES=$(ls "$REPO"/test/test_*cuda*.py "$REPO"/test/test_*gpu*.py "$REPO"/test/test_*tensorrt*.py 2>/dev/null \
-            | grep -v gpu_run || true)
-    PYTEST=(-m pytest -q -p no:cacheprovider --collect-only $FILES -k "cuda or gpu or tensorrt")
-  fi
-  set +e
-  (cd "$REPO" && timeout "$T" "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1
-  echo "pytest (cuda or gpu or tensorrt): exit $? (timeout ${T}s)" | tee -a "$LOGS/gpu_run.log"
-  set -e
-else
-  echo "pytest: skipped, ${T}s left" | tee -a "$LOGS/gpu_run.log"
-fi
 
 # 5) Summary + one tarball.
 "$PY" - "$PACK" "$TRAIN_RC" "$(elapsed)" "$BUDGET" "$SMOKE" > "$PACK/summary.json" <<'EOF'
