@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny size, eager only: checks the script works")
     p.add_argument("--budget", type=float, default=0.25, help="seconds of timing per measurement")
+    p.add_argument("--compiled", action="store_true",
+                   help="after the grid, ENet 1280x720 fp16 torch.compile-d + CUDA graphs (a one-off compile)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -81,41 +83,59 @@ def main(argv=None) -> int:
         sync = torch.cuda.synchronize
     rows: List[Dict[str, Any]] = []
     started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("gpu_cuda_bench_smoke.json" if args.smoke else "gpu_cuda_bench.json")
+
+    def write() -> None:
+        # After every row: a run stopped by its caller's timeout keeps what it measured.
+        report = {"what": "torch backend, {} ({})".format(device, "smoke" if args.smoke else "full grid"),
+                  "machine": machine, "cuda": torch.version.cuda,
+                  "wall_s": round(time.perf_counter() - started, 1), "rows": rows}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        tmp.replace(path)
+
+    def measure(model, card, weights: str, arch: str, w: int, h: int, precision: str, mode: str) -> None:
+        frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        row: Dict[str, Any] = {"arch": arch, "weights": weights, "size": "{}x{}".format(w, h),
+                               "precision": precision, "mode": mode, "device": device}
+        try:
+            options = ({"cuda_graphs": mode != "eager", "cudnn_benchmark": mode != "graphs_heuristic",
+                        "compile": mode == "compiled_graphs"} if device == "cuda" else {})
+            t0 = time.perf_counter()
+            seg = Segmenter((model, card), backend="torch", device=device, precision=precision,
+                            input_size=(w, h), strict=True, warmup=warmup, **options)
+            row["start_s"] = round(time.perf_counter() - t0, 1)
+            batch = frame[None]
+            row["bare"] = _time(lambda: seg.backend.infer(batch), budget, 3 if args.smoke else 10, sync)
+            row["e2e"] = _time(lambda: seg.segment(frame), budget, 3 if args.smoke else 10, sync)
+            row["details"] = {k: v for k, v in seg.backend.details.items()}
+            seg.close()
+            del seg
+        except Exception as exc:  # record and go on: one failing config must not hide the rest
+            row["error"] = "{}: {}".format(exc.__class__.__name__, str(exc).splitlines()[0][:300]
+                                           if str(exc) else "")
+        rows.append(row)
+        write()
+        print("{arch:7s} {size:>9s} {precision} {mode:6s} bare {b} ms  e2e {e} ms{err}".format(
+            b=row.get("bare", {}).get("median_ms", "-"), e=row.get("e2e", {}).get("median_ms", "-"),
+            err="  ERROR " + row["error"] if "error" in row else "", **row), flush=True)
+
+    machine = machine_info()
     for arch in ARCHS:
         model, card, weights = _model(arch, sizes[0])
         for w, h in sizes:
-            frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
             for precision in precisions:
                 for mode in modes:
-                    row: Dict[str, Any] = {"arch": arch, "weights": weights, "size": "{}x{}".format(w, h),
-                                           "precision": precision, "mode": mode, "device": device}
-                    try:
-                        options = ({"cuda_graphs": mode != "eager", "cudnn_benchmark": mode != "graphs_heuristic"}
-                                   if device == "cuda" else {})
-                        seg = Segmenter((model, card), backend="torch", device=device, precision=precision,
-                                        input_size=(w, h), strict=True, warmup=warmup, **options)
-                        batch = frame[None]
-                        row["bare"] = _time(lambda: seg.backend.infer(batch), budget, 3 if args.smoke else 10, sync)
-                        row["e2e"] = _time(lambda: seg.segment(frame), budget, 3 if args.smoke else 10, sync)
-                        row["details"] = {k: v for k, v in seg.backend.details.items()}
-                        seg.close()
-                        del seg
-                    except Exception as exc:  # record and go on: one failing config must not hide the rest
-                        row["error"] = "{}: {}".format(exc.__class__.__name__, str(exc).splitlines()[0][:300]
-                                                       if str(exc) else "")
-                    rows.append(row)
-                    print("{arch:7s} {size:>9s} {precision} {mode:6s} bare {b} ms  e2e {e} ms{err}".format(
-                        b=row.get("bare", {}).get("median_ms", "-"), e=row.get("e2e", {}).get("median_ms", "-"),
-                        err="  ERROR " + row["error"] if "error" in row else "", **row), flush=True)
+                    measure(model, card, weights, arch, w, h, precision, mode)
             if device == "cuda":
                 torch.cuda.empty_cache()
-    report = {"what": "torch backend, {} ({})".format(device, "smoke" if args.smoke else "full grid"),
-              "machine": machine_info(), "cuda": torch.version.cuda, "wall_s": round(time.perf_counter() - started, 1),
-              "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("gpu_cuda_bench_smoke.json" if args.smoke else "gpu_cuda_bench.json")
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print("wrote {} ({} configurations, {:.0f} s)".format(path, len(rows), report["wall_s"]))
+    if device == "cuda" and args.compiled:
+        # The issue-12 target configuration once more, torch.compile-d (inductor fuses the
+        # elementwise work between convolutions) and replayed as a graph: a one-off compile.
+        model, card, weights = _model("enet", (1280, 720))
+        measure(model, card, weights, "enet", 1280, 720, "fp16", "compiled_graphs")
+    print("wrote {} ({} configurations, {:.0f} s)".format(path, len(rows), time.perf_counter() - started))
     return 1 if any("error" in r for r in rows) and not any("bare" in r for r in rows) else 0
 
 
