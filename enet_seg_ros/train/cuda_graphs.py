@@ -88,7 +88,8 @@ class GraphedSteps:
             try:
                 self._capture(entry, opt, body, x, y)
             except Exception as exc:  # noqa: BLE001 -- any op that cannot be captured: eager from here on
-                self.disabled = "capture failed: {}".format(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.disabled = "capture failed: {}".format(why)
                 log.warning("CUDA graphs off for the rest of this run (%s); training eagerly", self.disabled)
                 self._entries.clear()
                 torch.cuda.synchronize(self.device)
