@@ -170,3 +170,50 @@ def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
     assert isinstance(b["optimizer"]["param_groups"][0]["lr"], float)
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+@cuda
+@pytest.mark.parametrize("arch", ["enet", "erfnet", "espnet"])
+def test_graphed_bf16_steps_match_eager_for_each_arch(arch):
+    """The training setting of gpu_run (bf16 autocast, channels_last, class-weighted loss) for each
+    arch: steps replayed from a graph give the eager steps' losses and weights."""
+    from enet_seg_ros.nets import build_model
+    from enet_seg_ros.train.trainer import _disable_dropout
+
+    torch.manual_seed(0)
+    models = [build_model(arch, 12).to(CUDA).to(memory_format=torch.channels_last) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for m in models:
+        _disable_dropout(m)
+        m.train()
+    opts = [speed.adam(m.parameters(), lr=5e-4, weight_decay=2e-4, capturable=True) for m in models]
+    weights = torch.rand(12, device=CUDA) + 0.5
+
+    def body_for(model, opt):
+        def body(x, y):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                out = model(x.contiguous(memory_format=torch.channels_last))
+            loss = torch.nn.functional.cross_entropy(out.float(), y, weight=weights, ignore_index=255)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return body
+
+    start = torch.cat([p.detach().flatten().double() for p in models[0].parameters()])
+    g = torch.Generator(device="cpu").manual_seed(1)
+    batches = [(torch.randn(4, 3, 96, 128, generator=g).to(CUDA),
+                torch.randint(0, 12, (4, 96, 128), generator=g).to(CUDA)) for _ in range(6)]
+    graphs = GraphedSteps(CUDA, warmup=2)
+    eager_losses, graph_losses = [], []
+    for x, y in batches:
+        opts[0].zero_grad(set_to_none=True)
+        eager_losses.append(float(body_for(models[0], opts[0])(x, y)))
+        graph_losses.append(float(graphs.step("decoder", opts[1], body_for(models[1], opts[1]), x, y)))
+    assert (graphs.captures, graphs.replays, graphs.disabled) == (1, 4, None)
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
+    # The replays moved the weights as the eager steps did: the two runs differ by a small part of
+    # how far training moved them (whole model: a few near-zero gradients may flip sign in bf16).
+    a, b = (torch.cat([p.detach().flatten().double() for p in m.parameters()]) for m in models)
+    moved = (a - start).norm()
+    assert moved > 0 and (b - start).norm() > 0.5 * moved
+    assert (b - a).norm() < 0.2 * moved
