@@ -151,17 +151,19 @@ def test_replayed_update_follows_the_learning_rate():
 
 def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
     """A checkpoint as a CUDA-graph run writes it (capturable Adam, float32 tensor lr) resumes on a
-    run without graphs (here: the CPU) and trains on as the uninterrupted run does."""
+    run without graphs (the CPU, or eager CUDA on a GPU machine) and trains on as the uninterrupted
+    run does."""
     root = make_camvid(tmp_path / "camvid", n_train=8, n_val=4)
     common = ["train", "--dataset", "camvid", "--data-root", str(root), "--arch", "enet", "--size", "64x48",
-              "--batch-size", "4", "--threads", "1", "--stages", "decoder", "--epochs", "2", "--schedule", "step"]
+              "--batch-size", "4", "--threads", "1", "--stages", "decoder", "--epochs", "2", "--schedule", "step",
+              "--no-cuda-graphs", "--precision", "fp32", "--no-dropout"]
     assert cli.main(common + ["--out", str(tmp_path / "straight")]) == 0
     split = tmp_path / "split"
     assert cli.main(common + ["--out", str(split), "--stop-after", "1"]) == 0
     ckpt = torch.load(split / "last.pt", weights_only=True)
     for group in ckpt["optimizer"]["param_groups"]:
         group["capturable"] = True
-        group["lr"] = torch.tensor(group["lr"], dtype=torch.float32)
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32)
     torch.save(ckpt, split / "last.pt")
     assert cli.main(common + ["--out", str(split), "--resume"]) == 0
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
@@ -169,7 +171,8 @@ def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
     assert not b["optimizer"]["param_groups"][0]["capturable"]
     assert isinstance(b["optimizer"]["param_groups"][0]["lr"], float)
     for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        # (bit-equal on CPU; on CUDA cuDNN may pick other algorithms in the two invocations)
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=1e-5, msg=k)
 
 
 @cuda

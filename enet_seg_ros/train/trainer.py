@@ -699,6 +699,9 @@ class Trainer:
                 _match_optimizer(opt, graphs=self._graphs is not None)
                 sched.load_state_dict(ckpt["scheduler"])
                 torch.set_rng_state(ckpt["torch_rng"].cpu())
+                if self.device.type == "cuda" and "cuda_rng" in ckpt:
+                    # Dropout on the GPU draws from the CUDA generator: resume it too.
+                    torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), self.device)
             last_stage = si == len(stages) - 1
             for epoch in range(first, self._stage_epochs(stage)):
                 if cfg.stop_after and trained >= cfg.stop_after:
@@ -755,6 +758,7 @@ class Trainer:
                 self._save_checkpoint({
                     "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "stage_index": si,
+                    **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
                     "epoch": epoch, "best": json.dumps(best), "train_time": train_time,
                 })
                 if over_budget:
