@@ -156,7 +156,8 @@ def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
     root = make_camvid(tmp_path / "camvid", n_train=8, n_val=4)
     common = ["train", "--dataset", "camvid", "--data-root", str(root), "--arch", "enet", "--size", "64x48",
               "--batch-size", "4", "--threads", "1", "--stages", "decoder", "--epochs", "2", "--schedule", "step",
-              "--no-cuda-graphs", "--precision", "fp32", "--no-dropout"]
+              "--no-cuda-graphs", "--precision", "fp32", "--no-dropout",
+              "--lr", "0.0009765625"]  # 2**-10: the float32 lr of a graphed run is then exact
     assert cli.main(common + ["--out", str(tmp_path / "straight")]) == 0
     split = tmp_path / "split"
     assert cli.main(common + ["--out", str(split), "--stop-after", "1"]) == 0
@@ -170,9 +171,11 @@ def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
     b = torch.load(split / "last.pt", weights_only=True)
     assert not b["optimizer"]["param_groups"][0]["capturable"]
     assert isinstance(b["optimizer"]["param_groups"][0]["lr"], float)
+    # Bit-equal on CPU. On CUDA cuDNN's benchmark may pick other algorithms in the two invocations,
+    # and Adam turns tiny gradient differences of near-zero gradients into up to ~lr: allow 0.2 lr.
+    tol = {"rtol": 0.0, "atol": 0.0} if not torch.cuda.is_available() else {"rtol": 1e-3, "atol": 2e-4}
     for k, v in a["model"].items():
-        # (bit-equal on CPU; on CUDA cuDNN may pick other algorithms in the two invocations)
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=1e-5, msg=k)
+        torch.testing.assert_close(b["model"][k], v, msg=k, **tol)
 
 
 @cuda
