@@ -445,3 +445,26 @@ def test_jpeg_images_with_png_labels(tmp_path):
     pairs = camvid_pairs(root, "train")
     assert [(a.suffix, b.suffix) for a, b in pairs] == [(".jpg", ".png")] * 2
     build_dataset("camvid", root, "train").check()
+
+
+def test_map_decoding_keeps_order_and_raises():
+    """Threaded decoding yields results in the items' order and passes a worker's error on."""
+    import time as _time
+
+    from enet_seg_ros.data.datasets import map_decoding
+
+    def slow_square(i):
+        _time.sleep(0.002 * (7 - i % 7))  # later items finish first
+        return i * i
+
+    assert list(map_decoding(slow_square, list(range(30)), max_workers=4)) == [i * i for i in range(30)]
+    assert list(map_decoding(slow_square, [3], max_workers=4)) == [9]
+    assert list(map_decoding(slow_square, [], max_workers=4)) == []
+
+    def bad(i):
+        if i == 5:
+            raise DatasetError("frame 5 is broken")
+        return i
+
+    with pytest.raises(DatasetError, match="frame 5"):
+        list(map_decoding(bad, list(range(10)), max_workers=3))

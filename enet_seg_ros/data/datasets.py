@@ -7,13 +7,31 @@ before any training starts and reports the first offending files.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import cv2
 import numpy as np
 
 from .labels import CAMVID, CITYSCAPES, LabelSpec
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def map_decoding(fn: Callable[[_T], _R], items: Sequence[_T], max_workers: int = 8) -> Iterator[_R]:
+    """``fn`` over ``items``, results in order, on up to ``max_workers`` threads.
+
+    For file decoding: OpenCV's imread / resize release the GIL, so a 16-core GPU host decodes
+    CamVid's 468 frames in a few seconds instead of ~15 s on one thread.
+    """
+    workers = max(1, min(max_workers, os.cpu_count() or 1, len(items)))
+    if workers == 1:
+        yield from (fn(x) for x in items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(fn, items)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 Pair = Tuple[Path, Path]
@@ -128,21 +146,28 @@ class SegmentationDataset:
         lut_known = np.zeros(256, dtype=bool)
         lut_known[list(self.spec.valid_ids)] = True
         size_bad, value_bad, unreadable = [], [], []
-        for i, (image_path, label_path) in enumerate(self.pairs[:max_files]):
+
+        def inspect(pair: Pair) -> Tuple[str, str]:
+            image_path, label_path = pair
             try:
                 label = read_label(label_path)
                 image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
                 if image is None:
                     raise DatasetError("cannot read image {}".format(image_path))
             except DatasetError as exc:
-                unreadable.append(str(exc))
-                continue
+                return "unreadable", str(exc)
             if image.shape[:2] != label.shape:
-                size_bad.append("{} ({} vs label {})".format(image_path, image.shape[:2], label.shape))
+                return "size", "{} ({} vs label {})".format(image_path, image.shape[:2], label.shape)
             values = np.unique(label)
             unknown = values[~lut_known[values]]
             if unknown.size:
-                value_bad.append("{} (values {})".format(label_path, unknown.tolist()[:5]))
+                return "value", "{} (values {})".format(label_path, unknown.tolist()[:5])
+            return "ok", ""
+
+        found = {"unreadable": unreadable, "size": size_bad, "value": value_bad}
+        for kind, message in map_decoding(inspect, self.pairs[:max_files]):
+            if kind in found:
+                found[kind].append(message)
         if unreadable:
             _fail("unreadable files", unreadable)
         if size_bad:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import SegmentationDataset
+from .datasets import SegmentationDataset, map_decoding
 
 
 def _fit(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -51,8 +51,8 @@ class FrameStore:
         w, h = int(size[0]), int(size[1])
         images = torch.empty((len(idx), 3, h, w), dtype=torch.uint8)
         labels = torch.empty((len(idx), h, w), dtype=torch.uint8)
-        for k, i in enumerate(idx):
-            image, label = _fit(*dataset.load(i), (w, h))
+        # Decoded on a few threads (OpenCV releases the GIL), written in order.
+        for k, (image, label) in enumerate(map_decoding(lambda i: _fit(*dataset.load(i), (w, h)), idx)):
             images[k] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             labels[k] = torch.from_numpy(label)
         self.indices = idx
