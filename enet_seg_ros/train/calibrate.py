@@ -146,13 +146,18 @@ def _frames(dataset, size: Tuple[int, int], norm) -> Iterable[Tuple[torch.Tensor
     """(normalised input, train-id label) of each frame, at the network size ``(W, H)``."""
     import cv2
 
+    from ..data.datasets import map_decoding
     from ..data.transforms import normalize
 
-    for i in range(len(dataset)):
+    def fitted(i: int) -> Tuple[np.ndarray, np.ndarray]:
         image, label = dataset.load(i)
         if (image.shape[1], image.shape[0]) != tuple(size):
             image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
             label = cv2.resize(label, tuple(size), interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+    # Decoded on a few threads (uint8, in order); normalised here, one frame at a time.
+    for image, label in map_decoding(fitted, range(len(dataset))):
         x = normalize(image, norm.channel_order, norm.mean, norm.std, norm.scale)
         yield torch.from_numpy(x)[None], label
 
