@@ -127,7 +127,8 @@ EVAL_IMAGES="$ROOT/val"; EVAL_LABELS="$ROOT/valannot"
 GRAPHS_FLAG=()
 if [ "$SMOKE" = 0 ]; then
   set +e
-  (cd "$REPO" && timeout 150 "$PY" -m pytest -q -p no:cacheprovider test/test_train_cuda_graphs.py) \
+  # (-k: the resume test is about checkpoints, not graphs; it runs in the GPU tests below)
+  (cd "$REPO" && timeout 150 "$PY" -m pytest -q -p no:cacheprovider test/test_train_cuda_graphs.py -k "not resume") \
     > "$LOGS/pytest_cuda_graphs.log" 2>&1
   GRC=$?
   set -e
@@ -140,7 +141,7 @@ if [ "$SMOKE" = 0 ]; then
 fi
 
 # 1) The other GPU tests (not this script's own test). Smoke: collection only.
-PYTEST=(-m pytest -q -rs -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and not cuda_graphs")
+PYTEST=(-m pytest -q -rs -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and (not cuda_graphs or resume)")
 if [ "$SMOKE" = 1 ]; then
   # collect only, and only the files named for GPUs (collecting all test modules takes long on CPU)
   FILES=$(ls "$REPO"/test/test_*cuda*.py "$REPO"/test/test_*gpu*.py "$REPO"/test/test_*tensorrt*.py 2>/dev/null \
@@ -158,7 +159,7 @@ if [ "$BENCH_ON" = 1 ] && [ -f "$BENCH" ]; then
   mkdir -p "$PACK/cuda_bench"
   # (--compiled: one more row, the issue-12 target ENet 1280x720 fp16 compiled + graphs; the JSON
   #  is rewritten after every row, so the timeout loses at most the row it interrupts)
-  BENCH_FLAG="--compiled"; [ "$SMOKE" = 1 ] && BENCH_FLAG="--smoke"
+  BENCH_FLAG="--compiled --budget 0.15"; [ "$SMOKE" = 1 ] && BENCH_FLAG="--smoke"
   set +e
   timeout 100 bash "$BENCH" --out "$PACK/cuda_bench" $BENCH_FLAG > "$LOGS/cuda_bench.log" 2>&1
   echo "gpu_cuda_bench.sh: exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
