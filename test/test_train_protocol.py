@@ -141,6 +141,7 @@ def test_budget_fits_the_epochs(camvid, tmp_path):
     assert 1 <= fitted["decoder"] < 100000 and 1 <= fitted["encoder"] < 50000
     assert set(probe["stages"]) == {"encoder", "decoder"}
     assert all(v > 0 for s in probe["stages"].values() for v in s["images_per_second"].values())
+    assert probe["cuda_graphs"] is torch.cuda.is_available()  # auto: on for one CUDA process
     config = json.loads((out / "config.json").read_text())
     assert (config["epochs"], config["encoder_epochs"]) == (fitted["decoder"], fitted["encoder"])
     _, card = load_model(out / "best.safetensors")

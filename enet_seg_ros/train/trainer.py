@@ -603,7 +603,8 @@ class Trainer:
                 cfg.epochs = fitted
         probe.update({"budget_s": cfg.budget_s, "probe_seconds": round(time.time() - t_start, 1),
                       "planned_epochs": planned, "fitted_epochs": {s: self._stage_epochs(s) for s in stages},
-                      "device": str(self.device), "precision": self.precision})
+                      "device": str(self.device), "precision": self.precision,
+                      "cuda_graphs": self._graphs is not None and self._graphs.disabled is None})
         log.info("budget %.0f s: probe %s; epochs %s", cfg.budget_s, json.dumps(probe["stages"]),
                  probe["fitted_epochs"])
         if self.is_main:
