@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import cv2
 import numpy as np
@@ -145,9 +145,12 @@ class SegmentationDataset:
         """
         lut_known = np.zeros(256, dtype=bool)
         lut_known[list(self.spec.valid_ids)] = True
-        size_bad, value_bad, unreadable = [], [], []
+        # Problem kind -> offending files; the first non-empty kind, in this order, is raised.
+        unreadable, size, value = "unreadable files", "image/label size mismatch", \
+            "unknown label values for {}".format(self.spec.dataset)
+        problems: Dict[str, List[str]] = {unreadable: [], size: [], value: []}
 
-        def inspect(pair: Pair) -> Tuple[str, str]:
+        def inspect(pair: Pair) -> Optional[Tuple[str, str]]:
             image_path, label_path = pair
             try:
                 label = read_label(label_path)
@@ -155,25 +158,21 @@ class SegmentationDataset:
                 if image is None:
                     raise DatasetError("cannot read image {}".format(image_path))
             except DatasetError as exc:
-                return "unreadable", str(exc)
+                return unreadable, str(exc)
             if image.shape[:2] != label.shape:
-                return "size", "{} ({} vs label {})".format(image_path, image.shape[:2], label.shape)
+                return size, "{} ({} vs label {})".format(image_path, image.shape[:2], label.shape)
             values = np.unique(label)
             unknown = values[~lut_known[values]]
             if unknown.size:
-                return "value", "{} (values {})".format(label_path, unknown.tolist()[:5])
-            return "ok", ""
+                return value, "{} (values {})".format(label_path, unknown.tolist()[:5])
+            return None
 
-        found = {"unreadable": unreadable, "size": size_bad, "value": value_bad}
-        for kind, message in map_decoding(inspect, self.pairs[:max_files]):
-            if kind in found:
-                found[kind].append(message)
-        if unreadable:
-            _fail("unreadable files", unreadable)
-        if size_bad:
-            _fail("image/label size mismatch", size_bad)
-        if value_bad:
-            _fail("unknown label values for {}".format(self.spec.dataset), value_bad)
+        for problem in map_decoding(inspect, self.pairs[:max_files]):
+            if problem is not None:
+                problems[problem[0]].append(problem[1])
+        for kind, files in problems.items():
+            if files:
+                _fail(kind, files)
 
 
 def build_dataset(name: str, root: os.PathLike, split: str, cache: bool = False) -> SegmentationDataset:
