@@ -468,3 +468,21 @@ def test_map_decoding_keeps_order_and_raises():
 
     with pytest.raises(DatasetError, match="frame 5"):
         list(map_decoding(bad, list(range(10)), max_workers=3))
+
+
+def test_calibration_frames_are_resized_like_the_training_frames(tmp_path):
+    """calibrate fits offsets on the pairs the trainer saw: same image and label resize (NEAREST_EXACT)."""
+    from enet_seg_ros.train.calibrate import _frames
+    from enet_seg_ros.weights import Normalization
+
+    root = make_camvid(tmp_path / "camvid", n_train=3, n_val=1, size=(40, 30))
+    ds = build_dataset("camvid", root, "train")
+    store = FrameStore(ds, (64, 48), torch.device("cpu"))
+    labels = [label for _, label in _frames(ds, (64, 48), Normalization())]
+    assert len(labels) == 3
+    for i, label in enumerate(labels):
+        np.testing.assert_array_equal(label, store.labels[i].numpy())
+    # The two interpolations do differ on these frames, so the check above can fail.
+    _, raw = ds.load(0)
+    assert not np.array_equal(cv2.resize(raw, (64, 48), interpolation=cv2.INTER_NEAREST),
+                              cv2.resize(raw, (64, 48), interpolation=cv2.INTER_NEAREST_EXACT))

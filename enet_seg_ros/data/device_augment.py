@@ -25,17 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import SegmentationDataset, map_decoding
-
-
-def _fit(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """Bring a frame to ``size`` (W, H): image bilinear, labels NEAREST_EXACT (as TrainAugment does)."""
-    import cv2
-
-    w, h = int(size[0]), int(size[1])
-    if image.shape[1] == w and image.shape[0] == h:
-        return image, label
-    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT))
+from .transforms import resize_pair
 
 
 class FrameStore:
@@ -52,7 +42,7 @@ class FrameStore:
         images = torch.empty((len(idx), 3, h, w), dtype=torch.uint8)
         labels = torch.empty((len(idx), h, w), dtype=torch.uint8)
         # Decoded on a few threads (OpenCV releases the GIL), written in order.
-        for k, (image, label) in enumerate(map_decoding(lambda i: _fit(*dataset.load(i), (w, h)), idx)):
+        for k, (image, label) in enumerate(map_decoding(lambda i: resize_pair(*dataset.load(i), (w, h)), idx)):
             images[k] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             labels[k] = torch.from_numpy(label)
         self.indices = idx

@@ -20,6 +20,20 @@ def normalize(image: np.ndarray, channel_order: str, mean: Sequence[float], std:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+def resize_pair(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Bring an (image, label) pair to ``size`` (W, H): image bilinear, labels NEAREST_EXACT.
+
+    NEAREST_EXACT samples pixel centres like INTER_LINEAR does; plain INTER_NEAREST is off by half
+    a source pixel, which shifts labels against the image by up to one output pixel. Every place
+    that resizes training or calibration pairs goes through here so that they agree.
+    """
+    w, h = int(size[0]), int(size[1])
+    if image.shape[1] == w and image.shape[0] == h and label.shape[:2] == image.shape[:2]:
+        return image, label
+    return (cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT))
+
+
 class TrainAugment:
     """Random scale, crop/translation and horizontal flip of an (image, label) pair.
 
@@ -43,10 +57,7 @@ class TrainAugment:
         """Augment one pair with ``rng`` (a per-sample generator: reproducible, resumable)."""
         s = rng.uniform(*self.scale_range)
         sw, sh = max(1, int(round(self.input_w * s))), max(1, int(round(self.input_h * s)))
-        image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        # NEAREST_EXACT samples pixel centres like INTER_LINEAR does; plain INTER_NEAREST is off
-        # by half a source pixel, which shifts labels against the image by up to one output pixel.
-        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
+        image, label = resize_pair(image, label, (sw, sh))
         canvas_w, canvas_h = max(sw, self.crop_w), max(sh, self.crop_h)
         if (canvas_w, canvas_h) != (sw, sh):
             ox, oy = rng.integers(0, canvas_w - sw + 1), rng.integers(0, canvas_h - sh + 1)

@@ -144,20 +144,12 @@ def sample_logits(model: torch.nn.Module, frames: Iterable[Tuple[torch.Tensor, n
 
 def _frames(dataset, size: Tuple[int, int], norm) -> Iterable[Tuple[torch.Tensor, np.ndarray]]:
     """(normalised input, train-id label) of each frame, at the network size ``(W, H)``."""
-    import cv2
-
     from ..data.datasets import map_decoding
-    from ..data.transforms import normalize
+    from ..data.transforms import normalize, resize_pair
 
-    def fitted(i: int) -> Tuple[np.ndarray, np.ndarray]:
-        image, label = dataset.load(i)
-        if (image.shape[1], image.shape[0]) != tuple(size):
-            image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label, tuple(size), interpolation=cv2.INTER_NEAREST)
-        return image, label
-
-    # Decoded on a few threads (uint8, in order); normalised here, one frame at a time.
-    for image, label in map_decoding(fitted, range(len(dataset))):
+    # Decoded on a few threads (uint8, in order), resized as the trainer's frame store does;
+    # normalised here, one frame at a time.
+    for image, label in map_decoding(lambda i: resize_pair(*dataset.load(i), size), range(len(dataset))):
         x = normalize(image, norm.channel_order, norm.mean, norm.std, norm.scale)
         yield torch.from_numpy(x)[None], label
 
