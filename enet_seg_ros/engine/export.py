@@ -37,7 +37,8 @@ def legacy_exporter_kwargs(export_fn=None) -> dict:
     signature adds ``dynamo: bool = False`` after ``autograd_inlining``) and defaults it to
     ``True`` from torch 2.9. Before 2.5 the signature ends at ``autograd_inlining`` with no
     ``**kwargs``, so ``dynamo=False`` is a ``TypeError`` there; NVIDIA's JetPack 6 torch wheels
-    include such versions (2.3 for JetPack 6.0, from memory: not checked against a source).
+    include such versions (its "PyTorch for Jetson" page: 2.1-2.3 for JetPack 6.0, 2.4 beside
+    2.5 and 2.6rc1 for JetPack 6.1 / 6.2).
     So ``dynamo=False`` is passed only where the signature has it; without the parameter the
     legacy exporter is the only one.
     """
