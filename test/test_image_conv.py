@@ -19,6 +19,7 @@ from enet_seg_ros.io.image_conv import (  # noqa: E402
     image_to_color,
     image_to_rgb,
     raw_to_array,
+    rgb_to_bayer,
 )
 
 RNG = np.random.default_rng(0)
@@ -115,6 +116,7 @@ def test_uyvy_and_yuyv_differ_on_the_same_bytes():
     ("rgb8", RGB), ("bgr8", RGB), ("rgba8", RNG.integers(0, 256, (5, 6, 4), dtype=np.uint8)),
     ("mono8", RGB[:, :, 1].copy()), ("mono16", RNG.integers(0, 65536, (5, 6), dtype=np.uint16)),
     ("yuv422", RNG.integers(0, 256, (5, 6, 2), dtype=np.uint8)),
+    ("bayer_grbg8", RGB[:, :, 2].copy()), ("bayer_bggr16", RNG.integers(0, 65536, (5, 6), dtype=np.uint16)),
 ])
 def test_array_to_image_round_trip_keeps_header(encoding, pixels):
     header = Header(frame_id="cam")
@@ -133,7 +135,7 @@ def test_array_to_image_refuses_a_mismatched_array():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(encoding="bayer_rggb8"), "unsupported encoding 'bayer_rggb8'"),
+    (dict(encoding="bayer_rgbg8"), "unsupported encoding 'bayer_rgbg8'"),
     (dict(encoding="8UC3"), "unsupported encoding"),
     (dict(width=0), "empty image"),
     (dict(height=0), "empty image"),
@@ -146,6 +148,44 @@ def test_malformed_raw_images_name_the_problem(kwargs, match):
     fields.update(kwargs)
     with pytest.raises(ImageFormatError, match=match):
         raw_to_array(**fields)
+
+
+def test_rgb_to_bayer_keeps_one_colour_per_pixel():
+    raw = rgb_to_bayer(RGB, "grbg")
+    assert raw.shape == RGB.shape[:2] and raw.dtype == np.uint8
+    assert raw[0, 0] == RGB[0, 0, 1] and raw[0, 1] == RGB[0, 1, 0]
+    assert raw[1, 0] == RGB[1, 0, 2] and raw[1, 1] == RGB[1, 1, 1]
+    with pytest.raises(ValueError, match="unknown Bayer pattern"):
+        rgb_to_bayer(RGB, "rgbg")
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_are_demosaiced_to_their_colours(pattern, bits):
+    """A camera's raw mosaic of flat colour blocks comes back as those colours (each pattern)."""
+    colours = np.array([[200, 40, 10], [10, 180, 60], [30, 50, 220], [250, 250, 20]], np.uint8)
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    for i, c in enumerate(colours):
+        rgb[:, i * 6:(i + 1) * 6] = c
+    raw = rgb_to_bayer(rgb, pattern)
+    if bits == 16:
+        raw = raw.astype(np.uint16) * 257  # full 16-bit range: scales back to the same 8-bit values
+    msg = _padded_msg(raw, "bayer_{}{}".format(pattern, bits), 6, big_endian=bits == 16)
+    assert np.array_equal(image_to_array(msg), raw)
+    out, order = image_to_color(msg)
+    assert order == "rgb" and out.dtype == np.uint8 and out.shape == rgb.shape
+    # Inside each block (away from the colour edges and the border) demosaicing is exact.
+    for i, c in enumerate(colours):
+        assert np.array_equal(out[2:-2, i * 6 + 2:i * 6 + 4], np.broadcast_to(c, (12, 2, 3))), (pattern, c)
+    # A wrong pattern gives other colours: the test can tell the four apart.
+    wrong = {"rggb": "bggr", "bggr": "rggb", "gbrg": "grbg", "grbg": "gbrg"}[pattern]
+    swapped, _ = image_to_color(_padded_msg(raw, "bayer_{}{}".format(wrong, bits), 0))
+    assert not np.array_equal(swapped[2:-2, 2:4], out[2:-2, 2:4])
+
+
+def test_bayer_smaller_than_one_block_is_rejected():
+    with pytest.raises(ImageFormatError, match="at least 2x2"):
+        image_to_color(_padded_msg(np.zeros((1, 8), np.uint8), "bayer_rggb8", 0))
 
 
 def test_odd_width_yuv_is_rejected():

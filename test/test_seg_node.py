@@ -20,7 +20,8 @@ from std_msgs.msg import Header  # noqa: E402
 
 from enet_seg_ros.engine import Segmenter  # noqa: E402
 from enet_seg_ros.io.camera_info import project, scale_camera_info  # noqa: E402
-from enet_seg_ros.io.image_conv import array_to_compressed, array_to_image, compressed_to_color  # noqa: E402
+from enet_seg_ros.io.image_conv import (  # noqa: E402
+    array_to_compressed, array_to_image, compressed_to_color, image_to_color, rgb_to_bayer)
 from enet_seg_ros.io.camera_info import nominal_camera_info  # noqa: E402
 from enet_seg_ros.io.scenes import render_scene  # noqa: E402
 from enet_seg_ros.ros.seg_node import SegNode  # noqa: E402
@@ -80,7 +81,7 @@ def _run_lockstep(ros, pub, out, msgs):
             "outputs of frame {} missing: {}".format(key, {k: _by_stamp(v, key) is not None for k, v in out.items()})
 
 
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "compressed"])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "bayer_rggb8", "compressed"])
 def test_every_frame_gives_four_outputs_with_its_header(weights, reference, frames, encoding):
     name = "seg_e2e_" + encoding
     topic = "/e2e_{}/image_raw".format(encoding)
@@ -90,6 +91,9 @@ def test_every_frame_gives_four_outputs_with_its_header(weights, reference, fram
         if encoding == "compressed":
             pub = ros.publisher(CompressedImage, topic + "/compressed")
             msgs = [array_to_compressed(f, "rgb", "jpeg", 90, header=_header(i)) for i, f in enumerate(frames)]
+        elif encoding == "bayer_rggb8":  # a raw camera topic: the node demosaics
+            pub = ros.publisher(Image, topic)
+            msgs = [array_to_image(rgb_to_bayer(f, "rggb"), encoding, _header(i)) for i, f in enumerate(frames)]
         else:
             pub = ros.publisher(Image, topic)
             msgs = [array_to_image(np.ascontiguousarray(f if encoding == "rgb8" else f[:, :, ::-1]), encoding,
@@ -125,8 +129,15 @@ def test_every_frame_gives_four_outputs_with_its_header(weights, reference, fram
         assert (labels.encoding, labels.width, labels.height) == ("mono8", W, H)
         assert (color.encoding, color.width, color.height) == ("rgb8", W, H)
         assert (overlay.encoding, overlay.width, overlay.height) == ("rgb8", W, H)
-        # The reference sees exactly what the node saw (for JPEG: the decoded bytes).
-        rgb = compressed_to_color(msg)[0][:, :, ::-1].copy() if encoding == "compressed" else frame
+        # The reference sees exactly what the node saw (for JPEG: the decoded bytes; for Bayer:
+        # the demosaiced frame, which stays close to the original).
+        if encoding == "compressed":
+            rgb = compressed_to_color(msg)[0][:, :, ::-1].copy()
+        elif encoding == "bayer_rggb8":
+            rgb, order = image_to_color(msg)
+            assert order == "rgb" and np.abs(rgb.astype(int) - frame).mean() < 8
+        else:
+            rgb = frame
         ref = reference.segment(np.ascontiguousarray(rgb), channel_order="rgb")
         got_labels = np.frombuffer(labels.data, np.uint8).reshape(H, W)
         assert np.array_equal(got_labels, ref.labels), "frame {}: labels differ from Segmenter".format(i)

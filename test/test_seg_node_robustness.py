@@ -52,7 +52,7 @@ def _raw(i: int, **fields) -> Image:
 
 
 MALFORMED = [
-    ("unknown encoding", dict(encoding="bayer_grbg8"), "unsupported encoding 'bayer_grbg8'"),
+    ("unknown encoding", dict(encoding="32FC1"), "unsupported encoding '32FC1'"),
     ("short data", dict(data=bytes(1000)), "data has 1000 bytes, expected step * height"),
     ("zero size", dict(width=0, height=0, step=0, data=b""), "empty image (0x0)"),
     ("absurd size", dict(width=200000, height=100000, step=600000), "absurd image size 200000x100000"),

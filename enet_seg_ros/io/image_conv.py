@@ -7,7 +7,10 @@ equal ``cv_bridge.imgmsg_to_cv2(msg, "rgb8")`` for the supported encodings:
 - ``mono8``: grey replicated to three channels;
 - ``mono16``: scaled like cv_bridge (``round(v * 255 / 65535)``), then replicated;
 - ``yuv422`` (= ``uyvy``, byte order U Y0 V Y1) and ``yuv422_yuy2`` (= ``yuyv``, byte order
-  Y0 U Y1 V): OpenCV's BT.601 ``COLOR_YUV2RGB_UYVY`` / ``COLOR_YUV2RGB_YUY2``, as cv_bridge.
+  Y0 U Y1 V): OpenCV's BT.601 ``COLOR_YUV2RGB_UYVY`` / ``COLOR_YUV2RGB_YUY2``, as cv_bridge;
+- ``bayer_rggb8``, ``bayer_bggr8``, ``bayer_gbrg8``, ``bayer_grbg8`` (a camera driver's raw
+  mosaic, named by its top-left 2x2 block): OpenCV's bilinear demosaicing, as cv_bridge; the
+  ``...16`` variants are demosaiced at 16 bits, then scaled like ``mono16``.
 
 Rows are read with the message's ``step`` (row padding is skipped) and 16-bit data honours
 ``is_bigendian``. Every malformed message raises :class:`ImageFormatError` naming the problem;
@@ -36,6 +39,7 @@ RAW_ENCODINGS: Dict[str, Tuple[int, int]] = {
     "uyvy": (2, 1),
     "yuv422_yuy2": (2, 1),
     "yuyv": (2, 1),
+    **{"bayer_{}{}".format(p, bits): (1, bits // 8) for p in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)},
 }
 
 # Packed 4:2:2 encodings -> OpenCV conversion code name (looked up lazily: cv2 is imported late).
@@ -46,7 +50,21 @@ _YUV_CODES = {
     "yuyv": "COLOR_YUV2RGB_YUY2",
 }
 
+# Bayer pattern (top-left 2x2 block, as sensor_msgs names it) -> OpenCV code name. OpenCV names
+# a pattern by the 2x2 block that starts at the second row and column, so RGGB is its "BG".
+_BAYER_CODES = {
+    "rggb": "COLOR_BayerBG2RGB",
+    "bggr": "COLOR_BayerRG2RGB",
+    "gbrg": "COLOR_BayerGR2RGB",
+    "grbg": "COLOR_BayerGB2RGB",
+}
+
 _NATIVE_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 as cv_bridge scales 16-bit data (``round(v * 255 / 65535)``, exact)."""
+    return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 class ImageFormatError(ValueError):
@@ -112,8 +130,13 @@ def to_color(encoding: str, pixels: np.ndarray) -> Tuple[np.ndarray, str]:
         return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_GRAY2RGB), "rgb"
     if encoding == "mono16":
         # cv_bridge: convertTo(CV_8U, 255/65535) rounds to nearest; (v + 128) // 257 is exact.
-        grey = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), "rgb"
+        return cv2.cvtColor(_to_8bit(pixels), cv2.COLOR_GRAY2RGB), "rgb"
+    if encoding.startswith("bayer_") and encoding in RAW_ENCODINGS:
+        if pixels.shape[0] < 2 or pixels.shape[1] < 2:
+            raise ImageFormatError("{} needs at least 2x2 pixels (one Bayer block), got {}x{}".format(
+                encoding, pixels.shape[1], pixels.shape[0]))
+        rgb = cv2.cvtColor(np.ascontiguousarray(pixels), getattr(cv2, _BAYER_CODES[encoding[6:10]]))
+        return (_to_8bit(rgb) if rgb.dtype == np.uint16 else rgb), "rgb"
     if encoding in _YUV_CODES:
         if pixels.shape[1] % 2:
             raise ImageFormatError("{} needs an even width, got {}".format(encoding, pixels.shape[1]))
@@ -157,6 +180,24 @@ def compressed_to_color(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[np.n
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageFormatError("absurd image size {}x{}".format(image.shape[1], image.shape[0]))
     return image, "bgr"
+
+
+def rgb_to_bayer(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """What a Bayer sensor records of ``rgb`` (HxWx3, uint8 or uint16): one channel per pixel.
+
+    ``pattern`` is the top-left 2x2 block as ``sensor_msgs`` names it (``rggb``, ``bggr``,
+    ``gbrg``, ``grbg``); the result goes into an Image with encoding ``bayer_<pattern>8`` (or
+    ``16``). Simulates a raw camera from RGB frames (tests, synthetic bags).
+    """
+    if pattern not in _BAYER_CODES:
+        raise ValueError("unknown Bayer pattern {!r}; expected one of {}".format(pattern, sorted(_BAYER_CODES)))
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError("expected an HxWx3 image, got shape {}".format(rgb.shape))
+    out = np.empty(rgb.shape[:2], rgb.dtype)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, "rgb".index(colour)]
+    return out
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header=None):
