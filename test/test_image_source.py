@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from enet_seg_ros.io.image_conv import (array_to_compressed, array_to_image,  # noqa: E402
-                                         compressed_to_color, image_to_rgb)
+                                         compressed_to_color, image_to_array, image_to_rgb, rgb_to_bayer)
 from enet_seg_ros.io.camera_info import nominal_camera_info  # noqa: E402
 from enet_seg_ros.io.sources import SourceError, open_source, parse_synthetic  # noqa: E402
 from enet_seg_ros.ros.image_source import ImageSource  # noqa: E402
@@ -70,6 +70,17 @@ def test_folder_frames_are_published_in_name_order_with_stamps_and_camera_info(t
     assert abs(time.time() * 1e9 - stamps[-1]) < 60e9  # stamped with the current time
     assert [stamp_key(i.header) for i in infos] == stamps
     assert (infos[0].width, infos[0].height, infos[0].k[0]) == (64, 48, 64.0)
+
+
+def test_frames_published_as_a_raw_bayer_camera(tmp_path):
+    frames = _frames(2)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "f{}.png".format(i)), f[:, :, ::-1])
+    node, images, _, _ = _run_source({"source": str(tmp_path), "rate_hz": 50.0, "encoding": "bayer_gbrg8"})
+    assert node.published == 2
+    for got, want in zip(images, frames):
+        assert got.encoding == "bayer_gbrg8" and (got.width, got.height, got.step) == (64, 48, 64)
+        assert np.array_equal(image_to_array(got), rgb_to_bayer(want, "gbrg"))
 
 
 def test_video_frames_at_the_video_rate(tmp_path):
