@@ -20,12 +20,24 @@ from __future__ import annotations
 
 import array
 import sys
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 # The largest frame accepted by default: 8K UHD. Anything bigger is treated as corrupt.
 DEFAULT_MAX_PIXELS = 7680 * 4320
+
+# Bayer pattern (top-left 2x2 block, as sensor_msgs names it) -> OpenCV code name. OpenCV names
+# a pattern by the 2x2 block that starts at the second row and column, so RGGB is its "BG".
+_BAYER_CODES = {
+    "rggb": "COLOR_BayerBG2RGB",
+    "bggr": "COLOR_BayerRG2RGB",
+    "gbrg": "COLOR_BayerGR2RGB",
+    "grbg": "COLOR_BayerGB2RGB",
+}
+
+# The Bayer patterns, in sensor_msgs' spelling (encodings ``bayer_<pattern>8`` / ``...16``).
+BAYER_PATTERNS = tuple(_BAYER_CODES)
 
 # encoding -> (channels, bytes per channel)
 RAW_ENCODINGS: Dict[str, Tuple[int, int]] = {
@@ -39,7 +51,7 @@ RAW_ENCODINGS: Dict[str, Tuple[int, int]] = {
     "uyvy": (2, 1),
     "yuv422_yuy2": (2, 1),
     "yuyv": (2, 1),
-    **{"bayer_{}{}".format(p, bits): (1, bits // 8) for p in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)},
+    **{"bayer_{}{}".format(p, bits): (1, bits // 8) for p in BAYER_PATTERNS for bits in (8, 16)},
 }
 
 # Packed 4:2:2 encodings -> OpenCV conversion code name (looked up lazily: cv2 is imported late).
@@ -50,16 +62,14 @@ _YUV_CODES = {
     "yuyv": "COLOR_YUV2RGB_YUY2",
 }
 
-# Bayer pattern (top-left 2x2 block, as sensor_msgs names it) -> OpenCV code name. OpenCV names
-# a pattern by the 2x2 block that starts at the second row and column, so RGGB is its "BG".
-_BAYER_CODES = {
-    "rggb": "COLOR_BayerBG2RGB",
-    "bggr": "COLOR_BayerRG2RGB",
-    "gbrg": "COLOR_BayerGR2RGB",
-    "grbg": "COLOR_BayerGB2RGB",
-}
-
 _NATIVE_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def bayer_pattern(encoding: str) -> Optional[str]:
+    """The Bayer pattern of a supported ``bayer_*`` encoding (``"rggb"`` for ``bayer_rggb16``), else None."""
+    if encoding.startswith("bayer_") and encoding in RAW_ENCODINGS:
+        return encoding[len("bayer_"):len("bayer_") + 4]
+    return None
 
 
 def _to_8bit(pixels: np.ndarray) -> np.ndarray:
@@ -131,11 +141,12 @@ def to_color(encoding: str, pixels: np.ndarray) -> Tuple[np.ndarray, str]:
     if encoding == "mono16":
         # cv_bridge: convertTo(CV_8U, 255/65535) rounds to nearest; (v + 128) // 257 is exact.
         return cv2.cvtColor(_to_8bit(pixels), cv2.COLOR_GRAY2RGB), "rgb"
-    if encoding.startswith("bayer_") and encoding in RAW_ENCODINGS:
+    pattern = bayer_pattern(encoding)
+    if pattern is not None:
         if pixels.shape[0] < 2 or pixels.shape[1] < 2:
             raise ImageFormatError("{} needs at least 2x2 pixels (one Bayer block), got {}x{}".format(
                 encoding, pixels.shape[1], pixels.shape[0]))
-        rgb = cv2.cvtColor(np.ascontiguousarray(pixels), getattr(cv2, _BAYER_CODES[encoding[6:10]]))
+        rgb = cv2.cvtColor(np.ascontiguousarray(pixels), getattr(cv2, _BAYER_CODES[pattern]))
         return (_to_8bit(rgb) if rgb.dtype == np.uint16 else rgb), "rgb"
     if encoding in _YUV_CODES:
         if pixels.shape[1] % 2:
@@ -190,7 +201,7 @@ def rgb_to_bayer(rgb: np.ndarray, pattern: str) -> np.ndarray:
     ``16``). Simulates a raw camera from RGB frames (tests, synthetic bags).
     """
     if pattern not in _BAYER_CODES:
-        raise ValueError("unknown Bayer pattern {!r}; expected one of {}".format(pattern, sorted(_BAYER_CODES)))
+        raise ValueError("unknown Bayer pattern {!r}; expected one of {}".format(pattern, sorted(BAYER_PATTERNS)))
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an HxWx3 image, got shape {}".format(rgb.shape))
     out = np.empty(rgb.shape[:2], rgb.dtype)

@@ -32,7 +32,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..io.camera_info import nominal_camera_info
-from ..io.image_conv import array_to_compressed, array_to_image, compressed_to_color, image_to_color, rgb_to_bayer
+from ..io.image_conv import (BAYER_PATTERNS, array_to_compressed, array_to_image, bayer_pattern, compressed_to_color,
+                             image_to_color, rgb_to_bayer)
 from ..io.sources import DEFAULT_FOLDER_RATE_HZ, SourceFrame, open_source
 from ..io.topics import CAMERA_INFO_TYPE, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, sibling_topic
 from .params import ParamSpec, declare_all
@@ -40,8 +41,7 @@ from .qos import RELIABILITY_CHOICES, image_qos
 from .runner import run_node
 
 # (bayer_*: what a raw colour camera driver publishes, to test a pipeline without one)
-RAW_OUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
-                     "bayer_grbg8")
+RAW_OUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8") + tuple("bayer_{}8".format(p) for p in BAYER_PATTERNS)
 
 PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("source", "", "image folder, video file, ROS 2 bag, or synthetic[:WxH[:N]]"),
@@ -224,8 +224,9 @@ def _encode(rgb: np.ndarray, encoding: str) -> Tuple[np.ndarray, str]:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA), encoding
     if encoding == "mono8":
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), encoding
-    if encoding.startswith("bayer_"):
-        return rgb_to_bayer(rgb, encoding[6:10]), encoding
+    pattern = bayer_pattern(encoding)
+    if pattern is not None:
+        return rgb_to_bayer(rgb, pattern), encoding
     raise ValueError("unsupported output encoding {!r}".format(encoding))
 
 
