@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from enet_seg_ros.data.labels import CAMVID, CITYSCAPES
 from enet_seg_ros.nets import build_model
-from enet_seg_ros.weights import CARD_KEY, ModelCard, Normalization, WeightsError, load_model, read_card, save_model
+from enet_seg_ros.weights import (CARD_KEY, ModelCard, Normalization, WeightsError, NEGLIGIBLE_WEIGHT, flush_negligible, load_model, read_card,
+                                  save_model)
 
 torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them
 
@@ -42,6 +43,64 @@ def test_round_trip_keeps_tensors_card_and_outputs(tmp_path):
     # Human-readable copy of the card beside the weights; the cheap reader needs no tensors.
     assert json.loads((tmp_path / "w.card.json").read_text())["arch"] == "espnet"
     assert read_card(path) == card
+
+
+SUBNORMAL = 1e-40  # float32: below finfo.tiny (1.18e-38), above 0
+TINY = 1e-33  # a normal float32 whose products with small activations are subnormal
+
+
+def _negligible(state) -> int:
+    return sum(int(((v != 0) & (v.abs() < NEGLIGIBLE_WEIGHT)).sum())
+               for v in state.values() if v.is_floating_point())
+
+
+def test_negligible_weights_are_saved_as_zero_without_touching_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("espnet_c", CAMVID.num_classes).eval()
+    w = model.encoder.level1.conv.weight
+    with torch.no_grad():
+        w[0, 0, 0, :] = torch.tensor([SUBNORMAL, -TINY, 0.5])
+        w[0, 0, 1, :] = torch.tensor([1e-29, -1e-20, 0.0])  # above the threshold: kept
+    path = save_model(tmp_path / "w.safetensors", model, _card())
+    from safetensors.torch import load_file
+
+    on_disk = load_file(str(path))
+    assert _negligible(on_disk) == 0
+    assert on_disk["encoder.level1.conv.weight"][0, 0, 0].tolist() == [0.0, 0.0, 0.5]
+    assert torch.equal(on_disk["encoder.level1.conv.weight"][0, 0, 1], w[0, 0, 1])
+    assert w[0, 0, 0, 0].item() == pytest.approx(SUBNORMAL, rel=1e-3)  # the caller's model is unchanged
+
+
+def test_negligible_weights_in_a_foreign_file_load_as_zero_with_a_warning(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = build_model("espnet_c", CAMVID.num_classes).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["encoder.classifier.weight"][:1] = SUBNORMAL  # as an older save_model or another tool wrote them
+    state["encoder.classifier.weight"][1:2] = -TINY
+    n = state["encoder.classifier.weight"][:2].numel()
+    path = tmp_path / "old.safetensors"
+    save_file(state, str(path), metadata={CARD_KEY: _card().to_json()})
+    with caplog.at_level("WARNING", logger="enet_seg_ros.weights"):
+        loaded, _ = load_model(path)
+    assert _negligible(loaded.state_dict()) == 0
+    assert "{} negligible weights".format(n) in caplog.text and str(path) in caplog.text
+    # Same labels as the unflushed network: their contribution is below float32's smallest normal.
+    model.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), loaded(x).argmax(1))
+
+
+def test_flush_negligible_counts_per_dtype_and_skips_integers():
+    state = {"f32": torch.tensor([SUBNORMAL, TINY, 1e-29, 1.0, 0.0]),
+             "f16": torch.tensor([1e-6, 1e-3], dtype=torch.float16),
+             "bf16": torch.tensor([1e-39, 1e-33, 1.0], dtype=torch.bfloat16), "steps": torch.tensor([3])}
+    # float32 and bfloat16: below 2^-100; float16: only its subnormals (1e-6 < its tiny 6.1e-5)
+    assert flush_negligible(state) == 5
+    assert state["f32"].tolist() == [0.0, 0.0, pytest.approx(1e-29), 1.0, 0.0]
+    assert state["f16"][0] == 0 and state["f16"][1] > 0
+    assert state["bf16"].tolist() == [0.0, 0.0, 1.0] and state["steps"].tolist() == [3]
+    assert flush_negligible(state) == 0
 
 
 def test_cityscapes_card_carries_label_mapping(tmp_path):
