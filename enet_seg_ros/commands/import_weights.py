@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..nets import count_parameters
     from ..nets.espnet_reference import load_reference, make_card
-    from ..weights import load_model, save_model
+    from ..weights import flush_negligible, load_model, save_model
 
     if not str(args.out).endswith(".safetensors"):
         raise ValueError("--out must end with .safetensors, got {}".format(args.out))
@@ -30,10 +30,13 @@ def run(args: argparse.Namespace) -> int:
     card = make_card(info, args.dataset, args.checkpoint)
     path = save_model(args.out, model, card)
     reloaded, _ = load_model(path)
+    expected = dict(model.state_dict())
+    flushed = flush_negligible(expected)  # as save_model wrote them
     with torch.no_grad():
-        for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        for (name, a), b in zip(expected.items(), reloaded.state_dict().values()):
             if not torch.equal(a, b):
                 raise RuntimeError("{}: tensor {} changed on the round trip".format(path, name))
-    print("wrote {} ({} {}, {} outputs, {:,} parameters)".format(
-        path, card.arch, card.options, card.num_classes, count_parameters(model)))
+    print("wrote {} ({} {}, {} outputs, {:,} parameters{})".format(
+        path, card.arch, card.options, card.num_classes, count_parameters(model),
+        ", {:,} negligible weights written as zero".format(flushed) if flushed else ""))
     return 0
