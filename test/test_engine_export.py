@@ -54,6 +54,13 @@ def test_onnx_full_graph_round_trip(weights, tmp_path, monkeypatch):
     assert _export("--weights", str(weights), "--format", "onnx", "--out", str(out), "--confidence") == 0
     card = read_onnx_card(out)
     assert card.arch == "espnet" and card.num_classes == 12 and card.input_size == [96, 64]
+    # ESPNet's BN + PReLU after each concatenation is exported per part (nets.split_concat_norms):
+    # the network concatenates activated parts only (without it: conv and Add outputs).
+    graph = onnx.load(str(out)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    concats = [n for n in graph.node if n.op_type == "Concat" and n.name.startswith("/model/")]
+    assert len(concats) == 12 + 3 + 2 + 1  # ESP modules, encoder BN-PReLUs, decoder (ESP, BN-PReLU, last merge)
+    assert {made_by[i] for n in concats for i in n.input} == {"PRelu"}
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]
     assert [o.name for o in sess.get_outputs()] == ["labels", "confidence"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from enet_seg_ros.nets import build_model, count_parameters, fold_batchnorm, list_archs
+from enet_seg_ros.nets import build_model, count_parameters, fold_batchnorm, list_archs, split_concat_norms
 from enet_seg_ros.nets.enet import local_to_flat_indices, max_pool2x2_with_argmax, max_unpool2x2
 from enet_seg_ros.nets.espnet import ESPModule
 from model_fixtures import randomize
@@ -194,6 +194,25 @@ def test_unpool_matches_torch_including_ties():
     values, argmax = max_pool2x2_with_argmax(x)
     assert torch.equal(argmax, torch.zeros_like(argmax))
     assert torch.equal(max_unpool2x2(values, argmax), unpool(*pool(x)))
+
+
+@pytest.mark.parametrize("arch,options", [("espnet", {}), ("espnet", {"decoder_concat_input": True}), ("espnet_c", {})])
+def test_concat_norms_split_per_part_keep_outputs(arch, options):
+    model = fold_batchnorm(_model(arch, 12, **options))
+    x = torch.randn(2, 3, 43, 61)
+    with torch.no_grad():
+        ref = model(x)
+        split = split_concat_norms(model)
+        switched = [m for m in split.modules() if getattr(m, "split_norm", False)]
+        # 12 ESP modules and 3 BN-PReLUs on concatenations in the encoder (p=2, q=8), one of each in the decoder
+        assert len(switched) == (17 if arch == "espnet" else 15)
+        torch.testing.assert_close(split(x), ref, atol=1e-5, rtol=1e-5)
+    # Training mode keeps the concatenated form: batch statistics and running updates as before.
+    train_ref = _model(arch, 12, **options).train()
+    train_split = split_concat_norms(_model(arch, 12, **options)).train()
+    torch.testing.assert_close(train_split(x), train_ref(x))
+    for a, b in zip(train_ref.buffers(), train_split.buffers()):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -23,7 +23,7 @@ PathLike = Union[str, os.PathLike]
 
 # Bump when the exported graph changes meaning (inputs/outputs/pre-processing), so old cache
 # entries are never mistaken for new ones.
-GRAPH_FORMAT = 4  # 4: logit offsets folded into the output layer
+GRAPH_FORMAT = 5  # 4: logit offsets folded into the output layer; 5: ESPNet's concat BNs applied per part
 
 
 def cache_dir(override: Optional[PathLike] = None) -> Path:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..nets import fold_batchnorm
+from ..nets import fold_batchnorm, split_concat_norms
 from .graph import INPUT_NAME, InferenceGraph
 from .source import ModelSource
 
@@ -57,7 +57,9 @@ def legacy_exporter_kwargs(export_fn=None) -> dict:
 def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour: str = "full",
                       output: str = "labels", with_confidence: bool = False, dynamic_batch: bool = True,
                       argmax: str = "native", half: bool = False, device: Optional[str] = None) -> bytes:
-    """Serialized ONNX (opset 17, legacy tracer) of the BN-folded network; see module docstring.
+    """Serialized ONNX (opset 17, legacy tracer) of the network's inference form (BN folded into the
+    convolutions, ESPNet's BN + PReLU on concatenations applied per part: :mod:`..nets.fold`); see
+    the module docstring.
 
     ``argmax`` picks the spelling of the in-graph argmax (``full`` flavour; see ``graph.py``).
     ``half`` (``network`` flavour only): weights, input and logits in float16, traced on
@@ -68,7 +70,7 @@ def export_onnx_bytes(source: ModelSource, input_size: Tuple[int, int], flavour:
     import torch
 
     w, h = int(input_size[0]), int(input_size[1])
-    model = fold_batchnorm(source.fresh_model())
+    model = split_concat_norms(fold_batchnorm(source.fresh_model()))
     if half and flavour != "network":
         raise ValueError("half=True exports the 'network' flavour only")
     if flavour == "full":

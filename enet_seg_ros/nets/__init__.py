@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Tuple
 from torch import nn
 
 from .common import SegmentationNet, count_parameters
-from .fold import fold_batchnorm
+from .fold import fold_batchnorm, split_concat_norms
 
 # arch -> (module, builder function); imported lazily so one broken arch does not hide others.
 _BUILDERS: Dict[str, Tuple[str, str]] = {
@@ -47,4 +47,4 @@ def build_model(arch: str, num_classes: int, logit_offset: bool = False, **optio
     return model
 
 
-__all__ = ["build_model", "list_archs", "fold_batchnorm", "count_parameters", "SegmentationNet"]
+__all__ = ["build_model", "list_archs", "fold_batchnorm", "split_concat_norms", "count_parameters", "SegmentationNet"]

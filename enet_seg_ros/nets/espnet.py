@@ -33,6 +33,35 @@ _BN_EPS = 1e-3
 DILATIONS = (1, 2, 4, 8, 16)  # K = 5 branches
 
 
+def bn_prelu_cat(bn: nn.BatchNorm2d, act: nn.PReLU, parts: Sequence[torch.Tensor],
+                 residual: Optional[torch.Tensor] = None, split: bool = False) -> torch.Tensor:
+    """``act(bn(cat(parts) [+ residual]))``, the pattern every ESPNet concatenation ends in.
+
+    With ``split`` (inference only: eval-mode BN and PReLU are per channel, so the result is the
+    same) the BN and PReLU are applied to each part before the concatenation, and the residual
+    is added part by part. An exported graph then has every BN + PReLU right after the op that
+    made its part, where OpenVINO / oneDNN fuse them into the convolution, instead of layout
+    reorders around a float BN on the concatenation (ESPNet int8 about 10 % faster under the
+    AVX2 limit, BENCHMARKS.md). Set by :func:`~enet_seg_ros.nets.fold.split_concat_norms`.
+    """
+    if not split or bn.training:
+        y = torch.cat(list(parts), dim=1)
+        if residual is not None:
+            y = y + residual
+        return act(bn(y))
+    out, start = [], 0
+    for part in parts:
+        stop = start + int(part.shape[1])  # static at export: the tracer records the slice bounds
+        if residual is not None:
+            part = part + residual[:, start:stop]
+        y = F.batch_norm(part, bn.running_mean[start:stop], bn.running_var[start:stop], bn.weight[start:stop],
+                         bn.bias[start:stop], False, 0.0, bn.eps)
+        slope = act.weight if act.weight.numel() == 1 else act.weight[start:stop]
+        out.append(F.prelu(y, slope))
+        start = stop
+    return torch.cat(out, dim=1)
+
+
 class ConvBNPReLU(nn.Module):
     """Bias-free ``k x k`` conv, BN, per-channel PReLU."""
 
@@ -50,7 +79,9 @@ class ConvBNPReLU(nn.Module):
 
 
 class BNPReLU(nn.Module):
-    """BN + PReLU applied to concatenated features."""
+    """BN + PReLU applied to concatenated features (:meth:`cat`)."""
+
+    split_norm = False  # see bn_prelu_cat
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -59,6 +90,10 @@ class BNPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.act(self.bn(x))
+
+    def cat(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``self(torch.cat(parts, 1))``, per part when :attr:`split_norm` is set."""
+        return bn_prelu_cat(self.bn, self.act, parts, split=self.split_norm)
 
 
 class ESPModule(nn.Module):
@@ -71,6 +106,8 @@ class ESPModule(nn.Module):
         stride: 2 for the strided (downsampling) ESP module, whose reduction is a 3x3 conv.
         residual: add the input to the fused maps; default when shapes allow it.
     """
+
+    split_norm = False  # see bn_prelu_cat
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  residual: Optional[bool] = None, dilations: Sequence[int] = DILATIONS) -> None:
@@ -106,10 +143,7 @@ class ESPModule(nn.Module):
         for out in outs[2:]:
             acc = acc + out
             fused.append(acc)
-        y = torch.cat(fused, dim=1)
-        if self.residual:
-            y = y + x
-        return self.act(self.bn(y))
+        return bn_prelu_cat(self.bn, self.act, fused, x if self.residual else None, split=self.split_norm)
 
 
 class EncoderFeatures(NamedTuple):
@@ -146,11 +180,11 @@ class ESPNetEncoder(nn.Module):
         image2 = self.pool(x)
         image4 = self.pool(image2)
         level1 = self.level1(x)
-        level1_cat = self.b1(torch.cat([level1, image2], dim=1))
+        level1_cat = self.b1.cat([level1, image2])
         down2 = self.level2_0(level1_cat)
-        level2_cat = self.b2(torch.cat([self.level2(down2), down2, image4], dim=1))
+        level2_cat = self.b2.cat([self.level2(down2), down2, image4])
         down3 = self.level3_0(level2_cat)
-        level3_cat = self.b3(torch.cat([down3, self.level3(down3)], dim=1))
+        level3_cat = self.b3.cat([down3, self.level3(down3)])
         return EncoderFeatures(level1, level1_cat, level2_cat, level3_cat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -227,7 +261,8 @@ class ESPNet(SegmentationNet):
             return level3
         up3 = self.up_l3(self.l3_bn(level3))  # 1/4
         level2 = self.level2_classifier(f.level2_cat)
-        up2 = self.up_l2(self.combine_l2_l3(torch.cat([level2, up3], dim=1)))  # 1/2
+        combine_norm, combine_esp = self.combine_l2_l3
+        up2 = self.up_l2(combine_esp(combine_norm.cat([level2, up3])))  # 1/2
         level1 = f.level1_cat if self.decoder_concat_input else f.level1
         return self.classifier(self.level1_fuse(torch.cat([up2, level1], dim=1)))
 

@@ -1,4 +1,5 @@
-"""Fold inference-mode BatchNorm into the preceding convolution, and a logit offset into the output layer."""
+"""Inference forms of a network: BatchNorm folded into the preceding convolution, a logit offset into
+the output layer, BatchNorm on a concatenation applied per part."""
 from __future__ import annotations
 
 import copy
@@ -80,3 +81,17 @@ def _fold_logit_offset(model: nn.Module) -> None:
     bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(offset)
     layer.bias = nn.Parameter(bias + offset.to(bias.dtype))
     model.logit_offset = None
+
+
+def split_concat_norms(model: nn.Module) -> nn.Module:
+    """Have every module with a ``split_norm`` switch (ESPNet's BN + PReLU after a concatenation)
+    apply them per part before concatenating; returns ``model`` (changed in place).
+
+    Same outputs in eval mode (BN and PReLU are per channel); faster where a runtime fuses each
+    part's BN + PReLU into the convolution that made it (see ``espnet.bn_prelu_cat``). Training
+    mode keeps the concatenated form.
+    """
+    for module in model.modules():
+        if hasattr(type(module), "split_norm"):
+            module.split_norm = True
+    return model
