@@ -148,6 +148,33 @@ def flush_negligible(state: Dict[str, Any]) -> int:
     return count
 
 
+def zero_negligible_(module) -> int:
+    """In place: set a live module's floating-point parameters and buffers below
+    :data:`NEGLIGIBLE_WEIGHT` to zero (as :func:`flush_negligible` does for a state dict); returns
+    how many.
+
+    The trainer calls it after every epoch: weight decay keeps shrinking weights that stopped
+    learning, and once they are subnormal every fp32 training step on x86 slows down (the first
+    from-scratch ERFNet's weights made an fp32 step 3x slower; bf16 autocast hides it).
+    """
+    import itertools
+
+    import torch
+
+    count = 0
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if not tensor.is_floating_point():
+                continue
+            limit = max(NEGLIGIBLE_WEIGHT, torch.finfo(tensor.dtype).tiny)
+            negligible = (tensor != 0) & (tensor.abs() < limit)
+            found = int(negligible.sum())
+            if found:
+                tensor.masked_fill_(negligible, 0)
+                count += found
+    return count
+
+
 def save_model(path: PathLike, model, card: ModelCard, write_card_json: bool = True) -> Path:
     """Write ``model``'s state dict as safetensors with ``card`` in its metadata.
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from enet_seg_ros.data.labels import CAMVID, CITYSCAPES
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.weights import (CARD_KEY, ModelCard, Normalization, WeightsError, NEGLIGIBLE_WEIGHT, flush_negligible, load_model, read_card,
-                                  save_model)
+                                  save_model, zero_negligible_)
 
 torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them
 
@@ -101,6 +101,21 @@ def test_flush_negligible_counts_per_dtype_and_skips_integers():
     assert state["f16"][0] == 0 and state["f16"][1] > 0
     assert state["bf16"].tolist() == [0.0, 0.0, 1.0] and state["steps"].tolist() == [3]
     assert flush_negligible(state) == 0
+
+
+def test_zero_negligible_changes_a_live_module_in_place():
+    torch.manual_seed(0)
+    model = build_model("espnet_c", CAMVID.num_classes)
+    w = model.encoder.level1.conv.weight
+    bn = model.encoder.level1.bn
+    with torch.no_grad():
+        w.view(-1)[:3] = torch.tensor([SUBNORMAL, -TINY, 1e-20])
+        bn.running_var[0] = SUBNORMAL  # buffers too
+    ref = w.data_ptr()
+    assert zero_negligible_(model) == 3
+    assert w.data_ptr() == ref and w.view(-1)[:3].tolist() == [0.0, 0.0, pytest.approx(1e-20)]
+    assert bn.running_var[0] == 0 and bn.num_batches_tracked.dtype == torch.long
+    assert zero_negligible_(model) == 0
 
 
 def test_cityscapes_card_carries_label_mapping(tmp_path):

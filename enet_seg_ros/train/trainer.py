@@ -47,7 +47,7 @@ from ..engine.cpu import cpu_has_bf16
 from ..engine.preprocess import Preprocess
 from ..evaluate.metrics import ConfusionMatrix
 from ..nets import build_model, count_parameters
-from ..weights import ModelCard, Normalization, load_model, save_model
+from ..weights import ModelCard, Normalization, load_model, save_model, zero_negligible_
 from .class_weights import cached_class_weights
 from .distill import Teacher, distillation_sum
 from .init_weights import widen_state_dict
@@ -715,6 +715,9 @@ class Trainer:
                 _sync(self.device)
                 seconds = time.time() - t0
                 train_time += seconds
+                flushed = zero_negligible_(net)  # subnormal weights slow fp32 steps on x86 3x
+                if flushed and self.is_main:
+                    log.debug("%s epoch %d: %d weights below 2^-100 set to zero", stage, epoch, flushed)
                 # A float32 tensor when CUDA graphs replay the update: logged to 7 significant
                 # digits, float32's (5e-4, not 0.0005000000237), the same in graphed and eager runs.
                 lr = float("{:.7g}".format(float(opt.param_groups[0]["lr"])))
