@@ -119,6 +119,15 @@ class ModelCard:
 NEGLIGIBLE_WEIGHT = 2.0 ** -100  # ~7.9e-31
 
 
+def _negligible(tensor):
+    """Mask of a floating-point tensor's nonzero values below :data:`NEGLIGIBLE_WEIGHT` (float16:
+    below its own smallest normal, as its normal values are all far larger)."""
+    import torch
+
+    limit = max(NEGLIGIBLE_WEIGHT, torch.finfo(tensor.dtype).tiny)
+    return (tensor != 0) & (tensor.abs() < limit)
+
+
 def flush_negligible(state: Dict[str, Any]) -> int:
     """Replace floating-point values below :data:`NEGLIGIBLE_WEIGHT` in magnitude by zero; returns how many.
 
@@ -129,9 +138,9 @@ def flush_negligible(state: Dict[str, Any]) -> int:
     fp32 forward 3.5x slower in PyTorch and ONNX Runtime (BENCHMARKS.md, run L). Below 2^-100 a
     weight's product with any activation under 1e7 is less than 2^-76, far under float32's
     resolution of a logit, so zero computes the same labels; above it, products with activations
-    down to 1e-8 stay normal. Float16 tensors keep their normal values (their threshold is their
-    own smallest normal). Tensors are replaced, not modified, so a state dict that shares a live
-    model's parameters leaves the model as it was.
+    down to 2^-26 (1.5e-8) stay normal. Float16 tensors keep their normal values (their threshold
+    is their own smallest normal). Tensors are replaced, not modified, so a state dict that shares
+    a live model's parameters leaves the model as it was.
     """
     import torch
 
@@ -139,8 +148,7 @@ def flush_negligible(state: Dict[str, Any]) -> int:
     for key, value in list(state.items()):
         if not (torch.is_tensor(value) and value.is_floating_point()):
             continue
-        limit = max(NEGLIGIBLE_WEIGHT, torch.finfo(value.dtype).tiny)
-        negligible = (value != 0) & (value.abs() < limit)
+        negligible = _negligible(value)
         found = int(negligible.sum())
         if found:
             state[key] = value.masked_fill(negligible, 0)
@@ -166,8 +174,7 @@ def zero_negligible_(module) -> int:
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             if not tensor.is_floating_point():
                 continue
-            limit = max(NEGLIGIBLE_WEIGHT, torch.finfo(tensor.dtype).tiny)
-            negligible = (tensor != 0) & (tensor.abs() < limit)
+            negligible = _negligible(tensor)
             found = int(negligible.sum())
             if found:
                 tensor.masked_fill_(negligible, 0)
