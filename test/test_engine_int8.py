@@ -14,7 +14,7 @@ from enet_seg_ros.bench.runner import synthetic_frame
 from enet_seg_ros.cli import main as cli_main
 from enet_seg_ros.data.labels import get_label_spec
 from enet_seg_ros.engine import Segmenter
-from enet_seg_ros.engine.cache import ArtifactCache
+from enet_seg_ros.engine.cache import GRAPH_FORMAT, ArtifactCache
 from enet_seg_ros.engine.quantize import Int8Request, QuantSettings, int8_onnx, qdq_summary, tensor_digest
 from enet_seg_ros.engine.source import load_source
 from enet_seg_ros.evaluate.precision_guard import record_precision, validate_int8, verdict
@@ -138,6 +138,14 @@ def test_precision_auto_picks_a_validated_record_else_fp32(camvid_root, tmp_path
     other = _weights(tmp_path / "other", seed=2)
     record_precision(other, "int8", record)
     assert Segmenter(other, backend="onnxruntime", strict=True, cache_dir=cache, warmup=0).precision == "fp32"
+    # So is one validated on another exported graph format (the export changed since); one made
+    # before records named their format still counts.
+    assert record["graph_format"] == GRAPH_FORMAT
+    record_precision(weights, "int8", dict(record, graph_format=GRAPH_FORMAT - 1))
+    seg = Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=cache, warmup=0)
+    assert seg.precision == "fp32", seg.selection_reason
+    record_precision(weights, "int8", {k: v for k, v in record.items() if k != "graph_format"})
+    assert Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=cache, warmup=0).precision == "int8"
 
 
 def test_quantize_command_builds_and_checks_its_arguments(tmp_path, calib_dir, capsys):

@@ -406,7 +406,9 @@ def validated_precisions(source: ModelSource) -> Dict[str, Dict[str, Any]]:
     """``{precision: record}`` of the card's accepted records that belong to these very tensors.
 
     A record counts when ``accepted`` is true, it names the backends it was checked on, its
-    ``weights_digest`` equals :func:`tensor_digest` of the loaded network, and (for CPU int8) it
+    ``weights_digest`` equals :func:`tensor_digest` of the loaded network, it was validated on the
+    graph format this version exports (``graph_format``, absent in records made before it was
+    recorded: those count), and (for CPU int8) it
     was made on a CPU of this machine's int8 class (:func:`cpu_int8_class`; records without
     ``cpu_int8_class`` were all made on a VNNI CPU): the card's int8 record for this class is
     picked among its per-class records (:func:`int8_records`).
@@ -431,6 +433,13 @@ def validated_precisions(source: ModelSource) -> Dict[str, Dict[str, Any]]:
             digest = tensor_digest(source.model)
         if record.get("weights_digest") != digest:
             LOG.warning("model card's %s record was made for other weights (digest mismatch); ignoring it", prec)
+            continue
+        made_on = record.get("graph_format", GRAPH_FORMAT)
+        if made_on != GRAPH_FORMAT:
+            # The exported graph changed since the accuracy was checked: the record does not vouch for it.
+            LOG.warning("model card's %s record was validated on exported graph format %s, this version exports "
+                        "format %s; ignoring it (re-validate: enet-seg quantize --validate --record)", prec, made_on,
+                        GRAPH_FORMAT)
             continue
         out[prec] = record
     return out

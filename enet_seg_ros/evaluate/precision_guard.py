@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..engine.cache import GRAPH_FORMAT
 from ..engine.quantize import (DEFAULT_CALIBRATION_FRAMES, QuantSettings, cpu_int8_class, merge_int8_record,
                                tensor_digest)
 from ..io.files import IMAGE_SUFFIXES
@@ -176,6 +177,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "rejected": rejected,
         "unavailable": unavailable,
         "graph": "onnx-qdq",
+        "graph_format": GRAPH_FORMAT,
         "quantization": settings.to_dict(),
         "calibration": "{} ({} frames)".format(Path(str(calibration)).name, calibration_limit),
         "calibration_digest": record_settings["calibration_digest"],
@@ -322,7 +324,8 @@ def validate_bf16(weights: PathLike, val_images: PathLike, val_labels: Optional[
             "validation": "{} ({} frames)".format(Path(str(val_images)).name, len(pairs)), "val_frames": len(pairs),
             "val_size": "{}x{}".format(w, h), "miou_fp32": round(result["reference_miou"], 5),
             "criteria": {"max_miou_drop_pt": max_drop_pt, "min_agreement_vs_fp32": min_agreement},
-            "weights_digest": tensor_digest(source.model), "date": datetime.date.today().isoformat()}
+            "weights_digest": tensor_digest(source.model), "graph_format": GRAPH_FORMAT,
+            "date": datetime.date.today().isoformat()}
 
 
 def record_int8(weights: PathLike, record: Dict[str, Any]) -> Path:
