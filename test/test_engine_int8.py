@@ -148,6 +148,31 @@ def test_precision_auto_picks_a_validated_record_else_fp32(camvid_root, tmp_path
     assert Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=cache, warmup=0).precision == "int8"
 
 
+def test_doctor_self_tests_int8_through_the_card_record(camvid_root, tmp_path, calib_dir):
+    from enet_seg_ros.bench.doctor import diagnose
+
+    weights = _weights(tmp_path, seed=1)
+    cache = tmp_path / "cache"
+
+    def int8_entry(cache_dir):
+        report = diagnose(weights, backends=("onnxruntime",), device="cpu", runs=1, cache_dir=cache_dir)
+        return next(e for e in report["backends"] if e["precision"] == "int8")
+
+    # No record, no --calib: listed, not run.
+    entry = int8_entry(cache)
+    assert not entry["usable"] and "int8 not self-tested" in entry["reason"]
+    record = validate_int8(weights, calib_dir, camvid_root / "val", backends=("onnxruntime",), size=(96, 64),
+                           cache_dir=cache, frame_limit=2, calibration_limit=4, max_drop_pt=100.0, min_agreement=0.0)
+    record_precision(weights, "int8", record)
+    # With the record, the graph it names (built by the validation, in the cache) is self-tested.
+    entry = int8_entry(cache)
+    assert entry["usable"] and entry["reason"] == "" and entry["ms_median"] > 0, entry
+    assert 0.0 <= entry["agreement_vs_torch_fp32"] <= 1.0
+    # In an empty cache the record alone cannot build it: unusable, saying what is missing.
+    entry = int8_entry(tmp_path / "empty")
+    assert not entry["usable"] and "calibration images" in entry["reason"], entry
+
+
 def test_quantize_command_builds_and_checks_its_arguments(tmp_path, calib_dir, capsys):
     weights = _weights(tmp_path)
     out = tmp_path / "enet_int8.onnx"

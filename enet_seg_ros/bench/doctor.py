@@ -75,8 +75,13 @@ def candidates() -> List[Tuple[str, str, str]]:
     return out
 
 
-def _why_not(backend: str, device: str, precision: str, calibration) -> Optional[str]:
-    """Cheap reasons a combination cannot run or is not self-tested (nothing is built)."""
+def _why_not(backend: str, device: str, precision: str, calibration, int8_record: bool = False) -> Optional[str]:
+    """Cheap reasons a combination cannot run or is not self-tested (nothing is built).
+
+    int8 is self-tested with ``calibration`` images, or through the model card's int8 record (the
+    graph cached by an earlier ``enet-seg quantize`` or int8 start, or its calibration images in
+    the cache); without either it is only listed.
+    """
     from ..engine.registry import probe
 
     why = probe(backend, device)
@@ -87,8 +92,9 @@ def _why_not(backend: str, device: str, precision: str, calibration) -> Optional
 
         if not cpu_has_bf16():
             return "this CPU has no AVX512-BF16 / AMX for bf16"
-    if precision == "int8" and calibration is None:
-        return "int8 not self-tested: it needs calibration images (doctor --calib DIR) or a Q/DQ graph"
+    if precision == "int8" and calibration is None and not int8_record:
+        return ("int8 not self-tested: it needs calibration images (doctor --calib DIR) or an int8 record in the "
+                "model card (enet-seg quantize --record)")
     return None
 
 
@@ -106,14 +112,17 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
         calibration: image folder for int8 candidates (without it they are listed, not run).
         progress: called with each entry as it is done.
     """
+    from ..engine.source import load_source
+
+    card = load_source(weights).card
     if image is None:
         from ..engine.segmenter import parse_size
-        from ..engine.source import load_source
         from .runner import synthetic_frame
 
-        w, h = parse_size(input_size if input_size is not None else load_source(weights).card.input_size)
+        w, h = parse_size(input_size if input_size is not None else card.input_size)
         image = synthetic_frame(w, h)
     want = reference_labels(weights, image, input_size)
+    int8_record = bool((card.precisions or {}).get("int8"))
     entries: List[Dict[str, Any]] = []
     for backend, dev, precision in candidates():
         if backends and backend not in backends:
@@ -121,7 +130,7 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
         if device and dev != device.split(":")[0]:
             continue
         dev_name = device if device and ":" in device else dev
-        why = _why_not(backend, dev, precision, calibration)
+        why = _why_not(backend, dev, precision, calibration, int8_record)
         if why:
             entry = _entry(backend, dev_name, precision, False, why)
         else:

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="only this device (cpu, cuda, cuda:N)")
     p.add_argument("--runs", type=int, default=10, help="timed segment() calls per usable backend")
     p.add_argument("--calib", default=None, metavar="DIR",
-                   help="calibration images: also self-test the int8 modes (slow: each calibrates first)")
+                   help="calibration images: also self-test the int8 modes (slow: each calibrates first; "
+                        "without it they run only through the card's int8 record and the cache)")
     p.add_argument("--strict", action="store_true",
                    help="with --backend: exit 2 when an asked backend cannot run here (names it and why)")
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
