@@ -114,7 +114,8 @@ def diagnose(weights, image: Optional[np.ndarray] = None, input_size=None, runs:
     """
     from ..engine.source import load_source
 
-    card = load_source(weights).card
+    weights = load_source(weights)  # read once: the reference and every self-test share it
+    card = weights.card
     if image is None:
         from ..engine.segmenter import parse_size
         from .runner import synthetic_frame
