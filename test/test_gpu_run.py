@@ -30,7 +30,7 @@ def test_gpu_run_smoke(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(blocked), TMPDIR=str(tmp_path))
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--smoke", "--out", str(out),
-                           "--data", str(TAR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           "--data", str(TAR), "--eager-archs", "erfnet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     tarballs = list(out.glob("gpu_run_*.tar.gz"))
     assert len(tarballs) == 1
@@ -60,6 +60,11 @@ def test_gpu_run_smoke(tmp_path):
     measured = json.loads((pack / "runs" / "enet" / "eval_val" / "metrics.json").read_text())
     assert measured["miou"] == pytest.approx(cal_card.metrics["val_miou"], abs=2e-3)
     logs = {p.name for p in (pack / "logs").iterdir()}
-    assert {"train.log", "gpu_run.log", "env.txt", "pytest_gpu.log"} <= logs
-    train_log = (pack / "logs" / "train.log").read_text()
-    assert "ModuleNotFoundError" not in train_log and "Traceback" not in train_log
+    # --eager-archs erfnet: ENet and ESPNet in one command, ERFNet in another, with --no-cuda-graphs
+    assert {"train.log", "train_eager.log", "gpu_run.log", "env.txt", "pytest_gpu.log"} <= logs
+    for name in ("train.log", "train_eager.log"):
+        train_log = (pack / "logs" / name).read_text()
+        assert "ModuleNotFoundError" not in train_log and "Traceback" not in train_log
+    eager_log = (pack / "logs" / "train_eager.log").read_text()
+    assert "training erfnet" in eager_log and "off (--no-cuda-graphs)" in eager_log
+    assert "training erfnet" not in (pack / "logs" / "train.log").read_text()

@@ -182,16 +182,27 @@ def test_resume_of_a_graphed_checkpoint_without_graphs(tmp_path):
 @pytest.mark.parametrize("arch", ["enet", "erfnet", "espnet"])
 def test_graphed_bf16_steps_match_eager_for_each_arch(arch):
     """The training setting of gpu_run (bf16 autocast, channels_last, class-weighted loss) for each
-    arch: steps replayed from a graph give the eager steps' losses and weights."""
+    arch: steps replayed from a graph give the eager steps' losses and weights.
+
+    "The same weights" is judged against eager training's own noise floor. A twin eager run takes
+    the same steps with cuDNN's other algorithm choice (benchmark flipped) and an input change
+    below bf16 rounding (2^-20 relative): a difference the replay may legitimately make too (a
+    captured step may get other algorithms). Where the training amplifies such noise (ERFNet in
+    bf16: Adam turns sign flips of its near-zero gradients into full steps; session 11 on an
+    H200: eager vs eager 0.44, graphed vs eager 0.30 per large conv weight), the graphed run may
+    differ as much as twice that floor; elsewhere the bar stays 0.2 of how far training moved.
+    """
     from enet_seg_ros.nets import build_model
     from enet_seg_ros.train.trainer import _disable_dropout
 
     torch.manual_seed(0)
-    models = [build_model(arch, 12).to(CUDA).to(memory_format=torch.channels_last) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
+    models = [build_model(arch, 12).to(CUDA).to(memory_format=torch.channels_last) for _ in range(3)]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
     for m in models:
         _disable_dropout(m)
         m.train()
+    eager, graphed, twin = models
     opts = [speed.adam(m.parameters(), lr=5e-4, weight_decay=2e-4, capturable=True) for m in models]
     weights = torch.rand(12, device=CUDA) + 0.5
 
@@ -205,21 +216,34 @@ def test_graphed_bf16_steps_match_eager_for_each_arch(arch):
             return loss.detach()
         return body
 
-    start = torch.cat([p.detach().flatten().double() for p in models[0].parameters()])
+    def flat(m):
+        return torch.cat([p.detach().flatten().double() for p in m.parameters()])
+
+    start = flat(eager)
     g = torch.Generator(device="cpu").manual_seed(1)
     batches = [(torch.randn(4, 3, 96, 128, generator=g).to(CUDA),
                 torch.randint(0, 12, (4, 96, 128), generator=g).to(CUDA)) for _ in range(6)]
     graphs = GraphedSteps(CUDA, warmup=2)
     eager_losses, graph_losses = [], []
-    for x, y in batches:
-        opts[0].zero_grad(set_to_none=True)
-        eager_losses.append(float(body_for(models[0], opts[0])(x, y)))
-        graph_losses.append(float(graphs.step("decoder", opts[1], body_for(models[1], opts[1]), x, y)))
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        for x, y in batches:
+            for opt in (opts[0], opts[2]):
+                opt.zero_grad(set_to_none=True)
+            eager_losses.append(float(body_for(eager, opts[0])(x, y)))
+            graph_losses.append(float(graphs.step("decoder", opts[1], body_for(graphed, opts[1]), x, y)))
+            torch.backends.cudnn.benchmark = not benchmark
+            body_for(twin, opts[2])(x * (1 + 2 ** -20), y)
+            torch.backends.cudnn.benchmark = benchmark
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     assert (graphs.captures, graphs.replays, graphs.disabled) == (1, 4, None)
     assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
-    # The replays moved the weights as the eager steps did: the two runs differ by a small part of
-    # how far training moved them (whole model: a few near-zero gradients may flip sign in bf16).
-    a, b = (torch.cat([p.detach().flatten().double() for p in m.parameters()]) for m in models)
+    # The replays moved the weights as the eager steps did (and did move them).
+    a, b, t = flat(eager), flat(graphed), flat(twin)
     moved = (a - start).norm()
     assert moved > 0 and (b - start).norm() > 0.5 * moved
-    assert (b - a).norm() < 0.2 * moved
+    floor = (t - a).norm()
+    print("{}: moved {:.4f}, graphed vs eager {:.4f}, eager twin vs eager {:.4f}".format(
+        arch, float(moved), float((b - a).norm()), float(floor)))
+    assert (b - a).norm() < max(0.2 * moved, 2 * floor), (float(moved), float(floor))
