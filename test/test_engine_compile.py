@@ -34,3 +34,23 @@ def test_compiled_torch_backend_matches_eager():
     config = torch._dynamo.config
     limit = getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 0))
     assert limit >= 64
+
+
+@pytest.mark.timeout(300)
+def test_seg_node_torch_compile_parameter():
+    """seg_node's ``torch_compile`` reaches the torch backend (compiled, same labels) and is
+    ignored by the other backends."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile needs a C++ compiler")
+    from enet_seg_ros.ros.seg_node import PARAMS, build_segmenter
+
+    cfg = {spec.name: spec.default for spec in PARAMS}
+    cfg.update(weights="espnet_camvid", backend="torch", input_size=[96, 64], confidence=False)
+    frame = (np.random.default_rng(1).random((64, 96, 3)) * 255).astype(np.uint8)
+    plain = build_segmenter(cfg)
+    assert not plain.backend.details.get("compiled")
+    compiled = build_segmenter(dict(cfg, torch_compile=True))
+    assert compiled.backend.details.get("compiled") is True
+    assert np.mean(plain.segment(frame).labels == compiled.segment(frame).labels) >= 0.999
+    other = build_segmenter(dict(cfg, torch_compile=True, backend="onnxruntime", backend_strict=True))
+    assert other.backend_name == "onnxruntime" and other.segment(frame).labels.shape == (64, 96)
