@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # gpu_run.sh: on one NVIDIA GPU, within a wall budget (default 540 s: 9 minutes on one H100 with
-# start-up to spare): run the GPU tests and the torch-CUDA inference benchmark, train ENet, ESPNet
-# and ERFNet with the papers' full recipes in the time left, score them on CamVid val, and pack
-# weights + cards + logs + timings into ONE tarball. Measurements first, so they always come back;
-# the training share is what remains after them minus the scoring reserve.
+# start-up to spare): run the GPU tests, train ENet, ESPNet and ERFNet with the papers' full
+# recipes in the time left, score them on CamVid val, run the torch-CUDA inference benchmark in
+# what remains, and pack weights + cards + logs + timings into ONE tarball. Training has the
+# priority: its share is the budget minus the tests (the CUDA-graph gate and the other GPU tests
+# run side by side first) and the scoring reserve; the benchmark (measured twice already,
+# BENCHMARKS.md) gets only the time scoring leaves.
 #
 # Machine: one NVIDIA GPU, Python 3.12 with PyTorch (CUDA), numpy, opencv, safetensors, tqdm,
 # onnxruntime, pytest. No ROS, no OpenVINO, no TensorRT, no network, no pip install: the
@@ -18,8 +20,8 @@
 #                                   [--sequential] [--smoke]
 #   --out DIR        where the tarball goes (default out/gpu/)
 #   --budget-s S     total wall budget of this script (default 540)
-#   --train-share S  wall budget of the training (default: what is left after the tests and the
-#                    benchmark, minus the scoring and packing reserve): each arch's run probes its
+#   --train-share S  wall budget of the training (default: what is left after the tests, minus
+#                    the scoring and packing reserve): each arch's run probes its
 #                    throughput, fits its epochs so its schedule completes in the share, and
 #                    stops and exports if it still runs over
 #   --sequential     train the archs one after another (share split in three) instead of
@@ -27,8 +29,8 @@
 #                    H100 mostly idle one at a time)
 #   --eager-archs A,B train these archs without CUDA graphs (default: those whose CUDA-graph test
 #                    failed here; all three if a failure is not about one arch)
-#   --no-bench       skip the inference benchmark (gpu_cuda_bench.sh), e.g. when the backend is
-#                    unchanged since the last GPU run: more training time
+#   --no-bench       skip the inference benchmark (gpu_cuda_bench.sh), which otherwise runs after
+#                    the scoring in the time left (at least 40 s)
 #   --smoke          CPU dry run for CI: 24 train / 8 val frames of the tar at 96x72, two epoch scales, 1 step per pass (2 steps
 #                    per stage), 1 epoch per stage, generous timeouts; the pytest step only collects
 #
@@ -130,23 +132,11 @@ if [ "$SMOKE" = 1 ]; then
 fi
 EVAL_IMAGES="$ROOT/val"; EVAL_LABELS="$ROOT/valannot"
 
-# 0) The CUDA-graph tests first: training replays each step as a CUDA graph (auto on CUDA); an
-#    arch whose graphed training does not match eager training here trains eagerly instead (all
-#    three when a failure is not about one arch: benchmarks/graphs_gate.py).
-if [ "$SMOKE" = 0 ]; then
-  set +e
-  # (-k: the resume test is about checkpoints, not graphs; it runs in the GPU tests below)
-  (cd "$REPO" && timeout 150 "$PY" -m pytest -q -s -p no:cacheprovider test/test_train_cuda_graphs.py -k "not resume") \
-    > "$LOGS/pytest_cuda_graphs.log" 2>&1
-  GRC=$?
-  set -e
-  if [ "$EAGER_GIVEN" = 0 ]; then
-    EAGER_ARCHS="$("$PY" "$REPO/benchmarks/graphs_gate.py" "$LOGS/pytest_cuda_graphs.log" "$GRC")"
-  fi
-  echo "CUDA graph tests: exit $GRC at $(elapsed)s; training eagerly: ${EAGER_ARCHS:-none}" | tee -a "$LOGS/gpu_run.log"
-fi
-
-# 1) The other GPU tests (not this script's own test). Smoke: collection only.
+# 0) The GPU tests, two sets side by side (one GPU, small kernels, no timings):
+#    - the CUDA-graph tests: training replays each step as a CUDA graph (auto on CUDA); an arch
+#      whose graphed training does not match eager training here trains eagerly instead (all
+#      three when a failure is not about one arch: benchmarks/graphs_gate.py);
+#    - the other GPU tests (not this script's own test). Smoke: collection only, no graph tests.
 PYTEST=(-m pytest -q -rs -p no:cacheprovider "$REPO/test" -k "(cuda or gpu or tensorrt) and not gpu_run and (not cuda_graphs or resume)")
 if [ "$SMOKE" = 1 ]; then
   # collect only, and only the files named for GPUs (collecting all test modules takes long on CPU)
@@ -155,30 +145,30 @@ if [ "$SMOKE" = 1 ]; then
   PYTEST=(-m pytest -q -p no:cacheprovider --collect-only $FILES -k "cuda or gpu or tensorrt")
 fi
 set +e
-(cd "$REPO" && timeout 120 "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1
+if [ "$SMOKE" = 0 ]; then
+  # (-k: the resume test is about checkpoints, not graphs; it runs with the other GPU tests)
+  (cd "$REPO" && timeout 150 "$PY" -m pytest -q -s -p no:cacheprovider test/test_train_cuda_graphs.py -k "not resume") \
+    > "$LOGS/pytest_cuda_graphs.log" 2>&1 &
+  GATE_PID=$!
+fi
+(cd "$REPO" && timeout 120 "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1 &
+TESTS_PID=$!
+if [ "$SMOKE" = 0 ]; then
+  wait "$GATE_PID"; GRC=$?
+  if [ "$EAGER_GIVEN" = 0 ]; then
+    EAGER_ARCHS="$("$PY" "$REPO/benchmarks/graphs_gate.py" "$LOGS/pytest_cuda_graphs.log" "$GRC")"
+  fi
+  echo "CUDA graph tests: exit $GRC at $(elapsed)s; training eagerly: ${EAGER_ARCHS:-none}" | tee -a "$LOGS/gpu_run.log"
+fi
+wait "$TESTS_PID"
 echo "pytest (cuda or gpu or tensorrt): exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
 set -e
 
-# 2) The torch-CUDA inference benchmark (BENCHMARKS.md, "GPU (torch CUDA)").
-BENCH="$REPO/benchmarks/gpu_cuda_bench.sh"
-if [ "$BENCH_ON" = 1 ] && [ -f "$BENCH" ]; then
-  mkdir -p "$PACK/cuda_bench"
-  # (--compiled: one more row, the issue-12 target ENet 1280x720 fp16 compiled + graphs; the JSON
-  #  is rewritten after every row, so the timeout loses at most the row it interrupts)
-  BENCH_FLAG="--compiled --budget 0.15"; [ "$SMOKE" = 1 ] && BENCH_FLAG="--smoke"
-  set +e
-  timeout 100 bash "$BENCH" --out "$PACK/cuda_bench" $BENCH_FLAG > "$LOGS/cuda_bench.log" 2>&1
-  echo "gpu_cuda_bench.sh: exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
-  set -e
-else
-  echo "gpu_cuda_bench.sh: skipped (--no-bench or not in this checkout)" | tee -a "$LOGS/gpu_run.log"
-fi
-
-# 3) Training: the papers' recipes (multi-scale epochs, step decay / poly), the last epoch of
+# 1) Training: the papers' recipes (multi-scale epochs, step decay / poly), the last epoch of
 #    the fixed (budget-fitted) schedule exported: val never picks the checkpoint.
 if [ -z "$SHARE" ]; then SHARE=$(( $(left) - RESERVE )); fi
 if [ "$SHARE" -lt 60 ]; then
-  echo "gpu_run.sh: only ${SHARE}s left for training (budget ${BUDGET}s): raise --budget-s or pass --no-bench" >&2
+  echo "gpu_run.sh: only ${SHARE}s left for training (budget ${BUDGET}s): raise --budget-s" >&2
   SHARE=60
 fi
 TRAIN_ARGS+=(--budget-s "$SHARE")
@@ -208,7 +198,7 @@ for log in train.log train_eager.log; do
   if [ -f "$LOGS/$log" ]; then tail -n 5 "$LOGS/$log" | tee -a "$LOGS/gpu_run.log"; fi
 done
 
-# 4) Score on val through the inference path (Segmenter, torch backend) as a cross-check of the
+# 2) Score on val through the inference path (Segmenter, torch backend) as a cross-check of the
 #    trainer's own val score in the card. The three archs in parallel (one GPU, small nets), so
 #    the whole step takes at most 2 x EVAL_TIMEOUT.
 score() {  # arch run_dir: logit offsets fitted on train (enet-seg calibrate), then eval-dir on val
@@ -227,6 +217,10 @@ score() {  # arch run_dir: logit offsets fitted on train (enet-seg calibrate), t
     --out "$PACK/runs/$arch/eval_val" > "$LOGS/eval_$arch.log" 2>&1 \
     || { rc=$?; echo "eval-dir $arch: exit $rc" | tee -a "$LOGS/gpu_run.log"; }
 }
+# Each command's timeout: EVAL_TIMEOUT, or less when training ran over its share (the
+# trainer stops after the epoch that crosses it), so scoring still fits the budget.
+EVAL_LEFT=$(( ($(left) - 30) / 2 ))
+if [ "$SMOKE" = 0 ] && [ "$EVAL_LEFT" -lt "$EVAL_TIMEOUT" ]; then EVAL_TIMEOUT=$EVAL_LEFT; fi
 SCORING=()
 for arch in enet espnet erfnet; do
   run="$WORK/runs/$arch"
@@ -236,7 +230,7 @@ for arch in enet espnet erfnet; do
     [ -f "$run/$f" ] && cp "$run/$f" "$PACK/runs/$arch/"
   done
   # (smoke: ENet only, each command is a fresh Python with torch to import)
-  if [ -f "$run/best.safetensors" ] && { { [ "$SMOKE" = 0 ] && [ "$(left)" -gt $(( 2 * EVAL_TIMEOUT + 30 )) ]; } \
+  if [ -f "$run/best.safetensors" ] && { { [ "$SMOKE" = 0 ] && [ "$EVAL_TIMEOUT" -ge 15 ]; } \
                                          || { [ "$SMOKE" = 1 ] && [ "$arch" = enet ]; }; }; then
     score "$arch" "$run" &
     SCORING+=($!)
@@ -247,7 +241,24 @@ done
 for pid in ${SCORING[@]+"${SCORING[@]}"}; do wait "$pid" || true; done
 echo "scoring done at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
 
-# 5) Summary + one tarball.
+# 3) The torch-CUDA inference benchmark (BENCHMARKS.md, "GPU (torch CUDA)") in the time left,
+#    alone on the GPU. The JSON is rewritten after every row, so the timeout loses at most the
+#    row it interrupts; --compiled adds the issue-12 target row (ENet 1280x720 fp16 compiled +
+#    CUDA graph) after the grid.
+BENCH="$REPO/benchmarks/gpu_cuda_bench.sh"
+BENCH_S=$(( $(left) - 25 )); [ "$SMOKE" = 1 ] && BENCH_S=100
+if [ "$BENCH_ON" = 1 ] && [ -f "$BENCH" ] && [ "$BENCH_S" -ge 40 ]; then
+  mkdir -p "$PACK/cuda_bench"
+  BENCH_FLAG="--compiled --budget 0.15"; [ "$SMOKE" = 1 ] && BENCH_FLAG="--smoke"
+  set +e
+  timeout "$BENCH_S" bash "$BENCH" --out "$PACK/cuda_bench" $BENCH_FLAG > "$LOGS/cuda_bench.log" 2>&1
+  echo "gpu_cuda_bench.sh: exit $? at $(elapsed)s" | tee -a "$LOGS/gpu_run.log"
+  set -e
+else
+  echo "gpu_cuda_bench.sh: skipped (--no-bench, or ${BENCH_S}s left)" | tee -a "$LOGS/gpu_run.log"
+fi
+
+# 4) Summary + one tarball.
 "$PY" - "$PACK" "$TRAIN_RC" "$(elapsed)" "$BUDGET" "$SMOKE" > "$PACK/summary.json" <<'EOF'
 import csv, json, sys
 from pathlib import Path
