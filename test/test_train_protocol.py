@@ -167,3 +167,35 @@ def test_precision_flag_is_recorded(camvid, tmp_path):
     _, card = load_model(out / "best.safetensors")
     assert card.metrics["precision"] == "fp32"
     assert torch.isfinite(torch.tensor(card.metrics["val_miou"]))
+
+
+def test_budget_refits_the_next_stage_from_measured_epochs(camvid, tmp_path, monkeypatch):
+    """--budget-s: the probe's estimate is corrected at the stage boundary. Encoder epochs made
+    1.5 s slower than probed (as when concurrent runs contend for the device) leave fewer
+    decoder epochs than the probe fitted, so the schedule ends within the budget instead of
+    being cut mid-way."""
+    import time as _time
+
+    from enet_seg_ros.train.trainer import Trainer
+
+    real = Trainer._train_epoch
+
+    def slow_encoder(self, model, opt, sampler, passes, stage, *args):
+        if stage == "encoder":
+            _time.sleep(1.5)
+        return real(self, model, opt, sampler, passes, stage, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", slow_encoder)
+    out = tmp_path / "run"
+    assert train(camvid, out, "--stages", "both", "--encoder-epochs", "2", "--epochs", "4000", "--budget-s", "14",
+                 "--val-every", "1000", "--no-compile") == 0
+    probe = json.loads((out / "budget.json").read_text())
+    refit = probe["refit"]["decoder"]
+    assert refit["epochs_before"] == probe["fitted_epochs"]["decoder"]
+    assert refit["measured_epoch_seconds"]["encoder"] > 1.5
+    assert 1 <= refit["epochs"] < refit["epochs_before"]
+    assert json.loads((out / "config.json").read_text())["epochs"] == refit["epochs"]
+    decoder_rows = [r for r in read_log(out) if r["stage"] == "decoder"]
+    _, card = load_model(out / "best.safetensors")
+    assert len(decoder_rows) == refit["epochs"] or "stopped_early" in card.metrics
+    assert card.recipe["epochs"] == refit["epochs"]

@@ -266,6 +266,11 @@ class Trainer:
         self._forward_loss_fn = self._forward_loss
         self._loss_terms_fn = self._loss_terms
         self._graphs: Optional[GraphedSteps] = None  # set by run() as speed.cuda_graphs_decision says
+        # --budget-s: the probe (seconds per epoch, planned epochs) and the whole-epoch wall
+        # times measured per stage, for the re-fit at each stage boundary.
+        self._probe: Dict[str, Any] = {}
+        self._probe_epoch_s: Dict[str, float] = {}
+        self._epoch_walls: Dict[str, List[float]] = {}
         self.teacher: Optional[Teacher] = None  # --distill: loaded with the data (needs the classes)
         self.precision = effective_precision(self.cfg.precision, self.device)
         self.out = Path(self.cfg.out)
@@ -601,6 +606,7 @@ class Trainer:
                 cfg.encoder_epochs = fitted
             else:
                 cfg.epochs = fitted
+        self._probe, self._probe_epoch_s = probe, per_epoch
         probe.update({"budget_s": cfg.budget_s, "probe_seconds": round(time.time() - t_start, 1),
                       "planned_epochs": planned, "fitted_epochs": {s: self._stage_epochs(s) for s in stages},
                       "device": str(self.device), "precision": self.precision,
@@ -611,6 +617,41 @@ class Trainer:
             _write_atomic(self.out / "budget.json", json.dumps(probe, indent=2))
             _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
         return probe
+
+    def _refit_budget(self, stage: str, previous: str) -> None:
+        """Fit ``stage``'s epochs again at its start, from the previous stage's measured epochs.
+
+        The probe times a few steps, possibly while concurrent runs are still decoding their
+        data, so it can be optimistic (or pessimistic); a stage cut by the budget check stops
+        mid-schedule, its learning rate not decayed. Here the previous stage's real epoch wall
+        times (median, its first epoch left out when there are more: graph capture, warm-up)
+        scale the probe's estimate for ``stage``, whose epochs are set to what the time left
+        holds (at least 1, at most the planned schedule) before its schedule is made.
+        """
+        cfg = self.cfg
+        walls = self._epoch_walls.get(previous) or []
+        probed = self._probe_epoch_s
+        if not walls or previous not in probed or stage not in probed:
+            return
+        measured = float(np.median(walls[1:] if len(walls) > 1 else walls))
+        estimate = probed[stage] * measured / max(probed[previous], 1e-9)
+        left = cfg.budget_s - (time.time() - self._t_run)
+        planned = self._probe["planned_epochs"][stage]
+        before = self._stage_epochs(stage)
+        # 0.9: the end (final validation, export) and the variation between epochs
+        fitted = int(max(1, min(planned, 0.9 * left // max(estimate, 1e-9))))
+        if stage == "encoder":
+            cfg.encoder_epochs = fitted
+        else:
+            cfg.epochs = fitted
+        self._probe.setdefault("refit", {})[stage] = {
+            "measured_epoch_seconds": {previous: round(measured, 3)}, "estimated_epoch_seconds": round(estimate, 3),
+            "seconds_left": round(left, 1), "epochs_before": before, "epochs": fitted}
+        log.info("budget: %s epochs took %.2f s (probe: %.2f s), so %s gets %d epochs (was %d) in the %.0f s left",
+                 previous, measured, probed[previous], stage, fitted, before, left)
+        if self.is_main:
+            _write_atomic(self.out / "budget.json", json.dumps(self._probe, indent=2))
+            _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
 
     # ------------------------------------------------------------------------------------- run
     def run(self) -> Dict[str, Any]:
@@ -689,6 +730,8 @@ class Trainer:
                     log.info("stopping after %d epochs as asked (--stop-after); continue with --resume", trained)
                 break
             stage = stages[si]
+            if cfg.budget_s and si > 0 and ckpt is None:
+                self._refit_budget(stage, stages[si - 1])
             net.encoder_only = stage == "encoder"
             opt = self._optimizer(model)
             sched = self._scheduler(opt, stage)
@@ -765,6 +808,7 @@ class Trainer:
                     **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
                     "epoch": epoch, "best": json.dumps(best), "train_time": train_time,
                 })
+                self._epoch_walls.setdefault(stage, []).append(time.time() - t0)
                 if over_budget:
                     break
             ckpt = None
