@@ -151,7 +151,7 @@ if [ "$SMOKE" = 0 ]; then
     > "$LOGS/pytest_cuda_graphs.log" 2>&1 &
   GATE_PID=$!
 fi
-(cd "$REPO" && timeout 120 "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1 &
+(cd "$REPO" && timeout 150 "$PY" "${PYTEST[@]}") > "$LOGS/pytest_gpu.log" 2>&1 &
 TESTS_PID=$!
 if [ "$SMOKE" = 0 ]; then
   wait "$GATE_PID"; GRC=$?
