@@ -40,3 +40,19 @@ def test_bench_qos_delivers_frames_from_an_image_source_process(tmp_path):
     rows = read_json(out)["rows"]
     assert [r["reliability"] for r in rows] == ["best_effort", "reliable"]
     assert all(0 < r["received"] <= r["sent"] == 5 for r in rows)
+
+
+def test_train_flops_counts_convolution_work():
+    """benchmarks/train_flops.py: a step's FLOPs grow with the pixels; ERFNet's first layer alone
+    (3x3 conv 3 -> 13 channels at half resolution, forward) is a floor that can be counted by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_flops.py"
+    spec = importlib.util.spec_from_file_location("train_flops", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    small, large = tool.step_flops("erfnet", 32), tool.step_flops("erfnet", 64)
+    assert large == pytest.approx(4 * small, rel=0.05)
+    first_conv = 2 * 13 * 3 * 9 * 16 * 16 * tool.BATCH["erfnet"]
+    assert small > 3 * first_conv
