@@ -9,8 +9,10 @@ already process-count independent by design (see ``enet_seg_ros.train.trainer``)
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +42,22 @@ def _torchrun_missing() -> str:
 pytestmark = pytest.mark.skipif(bool(_torchrun_missing()), reason=_torchrun_missing() or "n/a")
 
 
-def torchrun(argv: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node 2 -m enet_seg_ros.cli ARGV`` (free port picked by torchrun)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def torchrun(argv: List[str], timeout: float = 240, **env_extra: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 -m enet_seg_ros.cli ARGV`` (free port picked by torchrun).
+
+    On a timeout the whole process group goes (torchrun's workers too: a hung run leaves none)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env_extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "enet_seg_ros.cli", *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail("torchrun timed out after {} s (hung ranks?):\n{}".format(timeout, (out + err)[-3000:]))
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def read_rows(out: Path):
@@ -106,3 +118,32 @@ def test_batch_not_divisible_by_processes(camvid, tmp_path):
     assert "enet-seg train: error: --batch-size 3 (the global batch) must be a positive multiple of the 2 processes" \
         in output
     assert not (out / "last.pt").exists()
+
+
+def test_budget_decisions_agree_across_processes(camvid, tmp_path):
+    """--budget-s under torchrun: the fitted epochs, the re-fit at the stage boundary and the
+    over-budget stop come from wall clocks, which differ between the processes; rank 0's
+    decisions are broadcast, or ranks training different epochs would hang in the all-reduce
+    (the timeout here)."""
+    # Rank 1's clock runs 1.5x fast (a sitecustomize on its path), so its own readings would fit
+    # fewer epochs and call the budget spent earlier than rank 0's.
+    skew = tmp_path / "skew"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    _real, _t0 = time.time, time.time()\n"
+        "    time.time = lambda: _t0 + 1.5 * (_real() - _t0)\n")
+    out = tmp_path / "ddp"
+    args = [a for a in ARGS]
+    args[args.index("--encoder-epochs") + 1], args[args.index("--epochs") + 1] = "3", "100000"
+    proc = torchrun(["train", "--data-root", str(camvid), "--out", str(out), "--batch-size", "4", *args,
+                     "--budget-s", "25", "--val-every", "1000", "--no-compile"], timeout=180,
+                    PYTHONPATH=os.pathsep.join([str(skew), os.environ.get("PYTHONPATH", "")]))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    budget = json.loads((out / "budget.json").read_text())
+    rows = read_rows(out)
+    decoder = [r for r in rows if r["stage"] == "decoder"]
+    assert 1 <= len(decoder) <= budget["refit"]["decoder"]["epochs"] < 100000
+    assert len([r for r in rows if r["stage"] == "encoder"]) == budget["fitted_epochs"]["encoder"]

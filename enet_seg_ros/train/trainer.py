@@ -601,7 +601,7 @@ class Trainer:
         total_planned = sum(planned[s] * per_epoch[s] for s in stages)
         factor = min(1.0, left / max(total_planned, 1e-9))
         for stage in stages:
-            fitted = max(1, int(planned[stage] * factor))
+            fitted = int(self._from_rank0(max(1, int(planned[stage] * factor))))
             if stage == "encoder":
                 cfg.encoder_epochs = fitted
             else:
@@ -617,6 +617,17 @@ class Trainer:
             _write_atomic(self.out / "budget.json", json.dumps(probe, indent=2))
             _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
         return probe
+
+    def _from_rank0(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank. Decisions taken from wall clocks (fitted epochs,
+        over budget) differ between processes, and ranks that train different epochs hang in
+        DDP's collectives."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        dist.broadcast(t, src=0)
+        return float(t.item())
 
     def _refit_budget(self, stage: str, previous: str) -> None:
         """Fit ``stage``'s epochs again at its start, from the previous stage's measured epochs.
@@ -639,7 +650,7 @@ class Trainer:
         planned = self._probe["planned_epochs"][stage]
         before = self._stage_epochs(stage)
         # 0.9: the end (final validation, export) and the variation between epochs
-        fitted = int(max(1, min(planned, 0.9 * left // max(estimate, 1e-9))))
+        fitted = int(self._from_rank0(max(1, min(planned, 0.9 * left // max(estimate, 1e-9)))))
         if stage == "encoder":
             cfg.encoder_epochs = fitted
         else:
@@ -765,7 +776,7 @@ class Trainer:
                 # digits, float32's (5e-4, not 0.0005000000237), the same in graphed and eager runs.
                 lr = float("{:.7g}".format(float(opt.param_groups[0]["lr"])))
                 last_epoch = epoch == self._stage_epochs(stage) - 1
-                if cfg.budget_s and not last_epoch and time.time() - t_run > cfg.budget_s:
+                if cfg.budget_s and not last_epoch and self._from_rank0(time.time() - t_run > cfg.budget_s):
                     log.warning("over the %.0f s budget after %s epoch %d: stopping here and exporting",
                                 cfg.budget_s, stage, epoch)
                     over_budget = last_epoch = True
