@@ -278,6 +278,7 @@ for arch in ("enet", "espnet", "erfnet"):
         b = json.loads((run / "budget.json").read_text())
         info["probe"] = b.get("stages")
         info["fitted_epochs"] = b.get("fitted_epochs")
+        info["refit"] = b.get("refit")
         info["cuda_graphs"] = b.get("cuda_graphs")
     if (run / "log.csv").is_file():
         rows = list(csv.DictReader(open(run / "log.csv")))

@@ -51,6 +51,8 @@ def test_gpu_run_smoke(tmp_path):
         assert rows[0].startswith("stage,epoch") and len(rows) == 3  # header + encoder + decoder epoch
         probe = json.loads((run / "budget.json").read_text())
         assert set(probe["stages"]) == {"encoder", "decoder"}
+        # the decoder's epochs fitted again from the encoder's measured epochs
+        assert summary["archs"][arch]["refit"] == probe["refit"] and probe["refit"]["decoder"]["epochs"] >= 1
         assert summary["archs"][arch]["val_miou"] == card.metrics["val_miou"]
     # ENet's logit offsets fitted on train; eval-dir (the inference path) scores that file and
     # agrees with its card.
