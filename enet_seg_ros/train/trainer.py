@@ -371,6 +371,12 @@ class Trainer:
     def _stage_epochs(self, stage: str) -> int:
         return self.cfg.encoder_epochs if stage == "encoder" else self.cfg.epochs
 
+    def _set_stage_epochs(self, stage: str, epochs: int) -> None:
+        if stage == "encoder":
+            self.cfg.encoder_epochs = epochs
+        else:
+            self.cfg.epochs = epochs
+
     def _planned_steps(self, sampler: DistributedSampler, passes: List["_Pass"], stages: List[str]) -> int:
         """Training steps of the whole schedule (all stages, epochs and passes)."""
         n = len(sampler)
@@ -601,11 +607,7 @@ class Trainer:
         total_planned = sum(planned[s] * per_epoch[s] for s in stages)
         factor = min(1.0, left / max(total_planned, 1e-9))
         for stage in stages:
-            fitted = int(self._from_rank0(max(1, int(planned[stage] * factor))))
-            if stage == "encoder":
-                cfg.encoder_epochs = fitted
-            else:
-                cfg.epochs = fitted
+            self._set_stage_epochs(stage, int(self._from_rank0(max(1, int(planned[stage] * factor)))))
         self._probe, self._probe_epoch_s = probe, per_epoch
         probe.update({"budget_s": cfg.budget_s, "probe_seconds": round(time.time() - t_start, 1),
                       "planned_epochs": planned, "fitted_epochs": {s: self._stage_epochs(s) for s in stages},
@@ -613,10 +615,14 @@ class Trainer:
                       "cuda_graphs": self._graphs is not None and self._graphs.disabled is None})
         log.info("budget %.0f s: probe %s; epochs %s", cfg.budget_s, json.dumps(probe["stages"]),
                  probe["fitted_epochs"])
-        if self.is_main:
-            _write_atomic(self.out / "budget.json", json.dumps(probe, indent=2))
-            _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
+        self._save_budget()
         return probe
+
+    def _save_budget(self) -> None:
+        """``budget.json`` (the probe and any re-fit) and ``config.json`` (the fitted epochs)."""
+        if self.is_main:
+            _write_atomic(self.out / "budget.json", json.dumps(self._probe, indent=2))
+            _write_atomic(self.out / "config.json", json.dumps(asdict(self.cfg), indent=2))
 
     def _from_rank0(self, value: float) -> float:
         """Rank 0's ``value`` on every rank. Decisions taken from wall clocks (fitted epochs,
@@ -651,18 +657,13 @@ class Trainer:
         before = self._stage_epochs(stage)
         # 0.9: the end (final validation, export) and the variation between epochs
         fitted = int(self._from_rank0(max(1, min(planned, 0.9 * left // max(estimate, 1e-9)))))
-        if stage == "encoder":
-            cfg.encoder_epochs = fitted
-        else:
-            cfg.epochs = fitted
+        self._set_stage_epochs(stage, fitted)
         self._probe.setdefault("refit", {})[stage] = {
             "measured_epoch_seconds": {previous: round(measured, 3)}, "estimated_epoch_seconds": round(estimate, 3),
             "seconds_left": round(left, 1), "epochs_before": before, "epochs": fitted}
         log.info("budget: %s epochs took %.2f s (probe: %.2f s), so %s gets %d epochs (was %d) in the %.0f s left",
                  previous, measured, probed[previous], stage, fitted, before, left)
-        if self.is_main:
-            _write_atomic(self.out / "budget.json", json.dumps(self._probe, indent=2))
-            _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
+        self._save_budget()
 
     # ------------------------------------------------------------------------------------- run
     def run(self) -> Dict[str, Any]:
