@@ -70,3 +70,10 @@ def test_gpu_run_smoke(tmp_path):
     eager_log = (pack / "logs" / "train_eager.log").read_text()
     assert "training erfnet" in eager_log and "off (--no-cuda-graphs)" in eager_log
     assert "training erfnet" not in (pack / "logs" / "train.log").read_text()
+    # The ship rule refuses every model of a smoke run (benchmarks/ship_gpu.py, the models/ untouched).
+    ship = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ship_gpu.py"), str(tarballs[0])],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ship.returncode == 0, ship.stderr[-2000:]
+    decisions = json.loads(ship.stdout.strip().splitlines()[-1])
+    assert [d["verdict"] for d in decisions] == ["keep"] * 3
+    assert all("a --smoke run" in d["why"] for d in decisions if d["candidate"] is not None)
