@@ -278,12 +278,58 @@ print(json.dumps(kinds))
 """
 
 
-def test_seven_bit_weights_fit_in_64_and_compute_the_same_with_and_without_vnni(tmp_path, calib_dir):
-    """7-bit weights (|w| <= 64) cannot saturate the 16-bit pair sums of non-VNNI int8 kernels:
-    OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 (its jit_avx2 int8 kernels) gives the logits it gives here."""
+def _saturation_probe(path: Path, weight_max: int) -> Path:
+    """One Q/DQ 3x3 convolution, u8 activations x s8 weights, whose channel 0 has every weight at
+    ``weight_max``: with activations at 255 each pair of products is 2 * 255 * weight_max."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).integers(-weight_max, weight_max + 1, size=(4, 16, 3, 3)).astype(np.int8)
+    weights[0] = weight_max
+    inits = [numpy_helper.from_array(weights, "w_q"), numpy_helper.from_array(np.array(0.01, np.float32), "w_s"),
+             numpy_helper.from_array(np.array(0, np.int8), "w_z"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "x_s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "x_z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _ov_native_and_avx2(tmp_path: Path, graph: Path, frames: np.ndarray) -> dict:
+    """Outputs and convolution kernels of ``graph`` in OpenVINO, natively and under ONEDNN_MAX_CPU_ISA=AVX2."""
+    import os
     import subprocess
     import sys
 
+    np.savez(tmp_path / "frames.npz", frames=frames)
+    script = tmp_path / "ov_child.py"
+    script.write_text(_OV_CHILD)
+    runs = {}
+    for name, cap in (("native", None), ("avx2", "AVX2")):
+        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+        if cap:
+            env["ONEDNN_MAX_CPU_ISA"] = cap
+        out = tmp_path / "{}_{}.npy".format(graph.stem, name)
+        proc = subprocess.run([sys.executable, str(script), str(graph), str(tmp_path / "frames.npz"), str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = (np.load(out), json.loads(proc.stdout.strip().splitlines()[-1]))
+    # Under the limit the convolutions ran oneDNN's AVX2 int8 kernels, nothing wider.
+    assert any("avx2" in k and "I8" in k for k in runs["avx2"][1]), runs["avx2"][1]
+    assert not any("avx512" in k or "amx" in k for k in runs["avx2"][1]), runs["avx2"][1]
+    return runs
+
+
+def test_seven_bit_weights_fit_in_64_and_compute_the_same_with_and_without_vnni(tmp_path, calib_dir):
+    """7-bit weights (|w| <= 64) cannot saturate the 16-bit pair sums of non-VNNI int8 kernels
+    (255 * 64 * 2 = 32640; 8-bit: 255 * 127 * 2 = 64770 overflows): OpenVINO under
+    ONEDNN_MAX_CPU_ISA=AVX2 (its jit_avx2 int8 kernels) gives the integers it gives natively."""
     from enet_seg_ros.engine.cpu import cpu_int8_class
 
     source = load_source(_weights(tmp_path))
@@ -304,26 +350,25 @@ def test_seven_bit_weights_fit_in_64_and_compute_the_same_with_and_without_vnni(
         pytest.skip("openvino not installed: the AVX2 half needs it")
     if cpu_int8_class(honour_cap=False) != "vnni":
         pytest.skip("this CPU has no VNNI: nothing to compare the AVX2 kernels with")
-    frames = tmp_path / "frames.npz"
-    np.savez(frames, frames=np.stack([synthetic_frame(96, 64, seed=s) for s in range(3)]))
-    script = tmp_path / "ov_child.py"
-    script.write_text(_OV_CHILD)
-    runs = {}
-    for name, cap in (("native", None), ("avx2", "AVX2")):
-        env = {k: v for k, v in __import__("os").environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-        if cap:
-            env["ONEDNN_MAX_CPU_ISA"] = cap
-        out = tmp_path / "{}.npy".format(name)
-        proc = subprocess.run([sys.executable, str(script), str(seven), str(frames), str(out)], env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = (np.load(out), json.loads(proc.stdout.strip().splitlines()[-1]))
-    # Under the limit the convolutions ran oneDNN's AVX2 int8 kernels, nothing wider.
-    assert any("avx2" in k and "I8" in k for k in runs["avx2"][1]), runs["avx2"][1]
-    assert not any("avx512" in k or "amx" in k for k in runs["avx2"][1]), runs["avx2"][1]
+    # The arithmetic, on one convolution at the worst case (activations at 255, channel 0's weights
+    # all at the limit): 7-bit gives the same numbers on both kernels, 8-bit saturates without VNNI.
+    probe = np.ones((2, 16, 8, 8), np.float32)
+    probe[1, :, ::2] = np.random.default_rng(1).random((16, 4, 8))
+    for weight_max, same in ((64, True), (127, False)):
+        runs = _ov_native_and_avx2(tmp_path, _saturation_probe(tmp_path / "probe{}.onnx".format(weight_max), weight_max),
+                                   probe)
+        native, limited = runs["native"][0], runs["avx2"][0]
+        gap = np.abs(native - limited).max() / np.abs(native).max()
+        assert (gap <= 1e-6) if same else (gap > 0.1), (weight_max, gap)
+    # The whole 7-bit ENet graph: the same labels almost everywhere. Not bit-identical logits: on some
+    # CPUs (an AMD EPYC Zen 4, 2026-11-28) OpenVINO's AVX2 and AVX-512 code paths round the float
+    # epilogues between the int8 layers differently (AVX512_CORE without VNNI gives the native
+    # numbers there, so it is not the int8 arithmetic), and a random network amplifies the flips.
+    frames = np.stack([synthetic_frame(96, 64, seed=s) for s in range(3)])
+    runs = _ov_native_and_avx2(tmp_path, Path(seven), frames)
     native, limited = runs["native"][0], runs["avx2"][0]
-    # Same integers; only the float epilogues (other vector widths) may round differently.
-    assert np.abs(native - limited).max() <= 1e-3 * np.abs(native).max()
+    assert (native.argmax(1) == limited.argmax(1)).mean() >= 0.98
+    assert np.abs(native - limited).mean() <= 0.02 * np.abs(native).max()
 
 
 def test_guard_validates_under_the_avx2_limit_and_the_card_keeps_one_record_per_cpu_class(
