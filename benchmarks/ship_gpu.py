@@ -14,8 +14,9 @@ Usage (from the repo root)::
     python3 benchmarks/ship_gpu.py out/gpu/gpu_run_<stamp>.tar.gz --apply    # write the winners
 
 ``--apply`` writes each winner over the shipped file with its provenance in the card
-(``metrics.protocol``, ``metrics.rounds``) and without int8 / bf16 records: make those again with
-the ``enet-seg quantize`` commands of models/README.md, then update its tables.
+(``metrics.protocol``, ``metrics.rounds``) and without int8 / bf16 records, and prints the
+``enet-seg quantize`` commands that make them again with the settings the replaced file's records
+name (each record keeps its quantisation settings); then update models/README.md's tables.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from enet_seg_ros.weights import WeightsError, load_model, read_card, save_model  # noqa: E402
+from enet_seg_ros.weights import ModelCard, WeightsError, load_model, read_card, save_model  # noqa: E402
 
 ARCHS = ("enet", "espnet", "erfnet")
 
@@ -104,6 +105,38 @@ def decide(arch: str, pack: Path, models: Path, summary: Dict[str, Any]) -> Dict
     return out
 
 
+def record_commands(card: ModelCard, weights: str, data: str = "../shared/data/camvid") -> List[str]:
+    """``enet-seg quantize`` commands that redo ``card``'s int8 / bf16 records for ``weights``.
+
+    One per int8 record (the top-level one and each ``by_cpu_class`` entry), with the settings it
+    names; the bf16 check rides on the first.
+    """
+    int8 = card.precisions.get("int8") or {}
+    records = ([int8] if int8.get("quantization") else []) + [
+        r for c, r in sorted(int8.get("by_cpu_class", {}).items()) if r is not int8 and c != int8.get("cpu_int8_class")]
+    commands = []
+    for i, record in enumerate(records):
+        q = record["quantization"]
+        words = ["enet-seg", "quantize", weights, "--calib", data + "/train", "--calibrate", q.get("calibrate", "minmax")]
+        if q.get("exclude"):
+            words += ["--exclude", '"{}"'.format(",".join(q["exclude"]))]
+        if q.get("weight_bits", 8) != 8:
+            words += ["--weight-bits", str(q["weight_bits"])]
+        if q.get("per_channel") is False:
+            words.append("--per-tensor")
+        if q.get("activation_symmetric"):
+            words.append("--symmetric-activations")
+        if record.get("isa_limit"):
+            words += ["--isa", record["isa_limit"]]
+        words += ["--validate", data + "/val", "--record"]
+        if i == 0 and card.precisions.get("bf16"):
+            words.append("--bf16")
+        commands.append(" ".join(words))
+    if not commands and card.precisions.get("bf16"):
+        commands.append("enet-seg quantize {} --calib {}/train --validate {}/val --record --bf16".format(weights, data, data))
+    return commands
+
+
 def ship(arch: str, pack: Path, models: Path, gpu: str) -> Path:
     """Write the candidate over the shipped file, with its provenance and no precision records."""
     model, card = load_model(pack / "runs" / arch / "calibrated.safetensors")
@@ -147,9 +180,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             gpu = gpu_name(pack)
             for d in decisions:
                 if d["verdict"] == "ship":
+                    target = args.models / "{}_camvid.safetensors".format(d["arch"])
+                    d["record_commands"] = record_commands(read_card(target), str(target))
                     print("wrote", ship(d["arch"], pack, args.models, gpu))
+                    print("  its int8 / bf16 records, with the settings of the ones it replaced:")
+                    for command in d["record_commands"]:
+                        print("    " + command)
             if any(d["verdict"] == "ship" for d in decisions):
-                print("next: the int8 / bf16 records (enet-seg quantize ... --record, models/README.md) and its tables")
+                print("then: models/README.md's tables")
     print(json.dumps(decisions))
     return 0
 

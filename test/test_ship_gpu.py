@@ -67,6 +67,14 @@ def test_better_candidate_is_shipped_with_provenance(tmp_path, models, capsys):
     assert card.metrics["protocol"]["initialised_from"].startswith("nothing")
     assert "NVIDIA H200" in card.metrics["rounds"] and "20261128T120000Z" in card.metrics["rounds"]
     assert json.loads((models / "enet_camvid.card.json").read_text())["metrics"]["val_miou"] == card.metrics["val_miou"]
+    # The records are made again with the settings the replaced file's records named.
+    commands = decisions["enet"]["record_commands"]
+    old = read_card(SHIPPED).precisions["int8"]
+    assert len(commands) == 1 + len([c for c in old.get("by_cpu_class", {}) if c != old["cpu_int8_class"]])
+    assert "--calibrate {}".format(old["quantization"]["calibrate"]) in commands[0] and commands[0].endswith("--bf16")
+    assert ",".join(old["quantization"]["exclude"]) in commands[0]
+    avx2 = old["by_cpu_class"]["avx2"]
+    assert [c for c in commands if "--isa AVX2" in c and "--weight-bits {}".format(avx2["quantization"]["weight_bits"]) in c]
 
 
 @pytest.mark.parametrize("change, why", [
