@@ -36,6 +36,8 @@
 #
 # Timing knobs for the next GPU session: each run's budget.json (probe images/s per stage and
 # scale, fitted epochs) and log.csv (images/s per epoch) are in the tarball, with summary.json.
+# Back on the CPU machine: `python3 benchmarks/ship_gpu.py <tarball>` applies the ship rule to its
+# models (`--apply` writes the winners and prints the commands for their int8 / bf16 records).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
