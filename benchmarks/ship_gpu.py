@@ -32,9 +32,15 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from enet_seg_ros.engine.quantize import QuantSettings, int8_records  # noqa: E402
 from enet_seg_ros.weights import ModelCard, WeightsError, load_model, read_card, save_model  # noqa: E402
 
 ARCHS = ("enet", "espnet", "erfnet")
+
+
+def shipped_path(models: Path, arch: str) -> Path:
+    """The shipped CamVid model of ``arch`` in ``models``."""
+    return models / "{}_camvid.safetensors".format(arch)
 
 
 def unpack(source: Path, scratch: Path) -> Path:
@@ -62,7 +68,7 @@ def gpu_name(pack: Path) -> str:
 def decide(arch: str, pack: Path, models: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
     """The rule for one arch: ``{"arch", "verdict", "why", "candidate", "shipped"}``."""
     candidate = pack / "runs" / arch / "calibrated.safetensors"
-    shipped = models / "{}_camvid.safetensors".format(arch)
+    shipped = shipped_path(models, arch)
     out: Dict[str, Any] = {"arch": arch, "candidate": None, "shipped": None, "verdict": "keep"}
     if not shipped.is_file():
         out["why"] = "no shipped {} to compare with".format(shipped.name)
@@ -111,20 +117,18 @@ def record_commands(card: ModelCard, weights: str, data: str = "../shared/data/c
     One per int8 record (the top-level one and each ``by_cpu_class`` entry), with the settings it
     names; the bf16 check rides on the first.
     """
-    int8 = card.precisions.get("int8") or {}
-    records = ([int8] if int8.get("quantization") else []) + [
-        r for c, r in sorted(int8.get("by_cpu_class", {}).items()) if r is not int8 and c != int8.get("cpu_int8_class")]
+    records = [r for r in int8_records(card.precisions.get("int8")) if "quantization" in r]
     commands = []
     for i, record in enumerate(records):
-        q = record["quantization"]
-        words = ["enet-seg", "quantize", weights, "--calib", data + "/train", "--calibrate", q.get("calibrate", "minmax")]
-        if q.get("exclude"):
-            words += ["--exclude", '"{}"'.format(",".join(q["exclude"]))]
-        if q.get("weight_bits", 8) != 8:
-            words += ["--weight-bits", str(q["weight_bits"])]
-        if q.get("per_channel") is False:
+        q = QuantSettings.from_dict(record["quantization"])
+        words = ["enet-seg", "quantize", weights, "--calib", data + "/train", "--calibrate", q.calibrate]
+        if q.exclude:
+            words += ["--exclude", '"{}"'.format(",".join(q.exclude))]
+        if q.weight_bits != 8:
+            words += ["--weight-bits", str(q.weight_bits)]
+        if not q.per_channel:
             words.append("--per-tensor")
-        if q.get("activation_symmetric"):
+        if q.activation_symmetric:
             words.append("--symmetric-activations")
         if record.get("isa_limit"):
             words += ["--isa", record["isa_limit"]]
@@ -156,7 +160,7 @@ def ship(arch: str, pack: Path, models: Path, gpu: str) -> Path:
                        gpu, stamp, epochs, "{:.1%} without offsets".format(before) if before is not None else "-",
                        m["val_miou"]))
     card.precisions = {}  # made for other weights: record them again (models/README.md commands)
-    return save_model(models / "{}_camvid.safetensors".format(arch), model, card)
+    return save_model(shipped_path(models, arch), model, card)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -180,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             gpu = gpu_name(pack)
             for d in decisions:
                 if d["verdict"] == "ship":
-                    target = args.models / "{}_camvid.safetensors".format(d["arch"])
+                    target = shipped_path(args.models, d["arch"])
                     d["record_commands"] = record_commands(read_card(target), str(target))
                     print("wrote", ship(d["arch"], pack, args.models, gpu))
                     print("  its int8 / bf16 records, with the settings of the ones it replaced:")
