@@ -149,10 +149,11 @@ def ship(arch: str, pack: Path, models: Path, gpu: str) -> Path:
     before = m.get("before_logit_offset", {}).get("val_miou")
     epochs = "{} encoder-stage + {} full-network epochs".format(card.recipe.get("encoder_epochs"), card.recipe.get("epochs"))
     m["protocol"] = dict(m.get("protocol", {}), **{
-        "hyper_parameters": "the papers' recipe (recipe {}, epoch scales {}), its epochs fitted before training to the "
-                            "GPU run's wall budget (--budget-s {}); the ship rule (val mIoU with offsets above the "
-                            "shipped model's) set before the run; not tuned on val".format(
-                                card.recipe.get("recipe"), card.recipe.get("epoch_scales"), card.recipe.get("budget_s")),
+        "hyper_parameters": "the papers' recipe (recipe {}, epoch scales {}, colour jitter {}), its epochs fitted before "
+                            "training to the GPU run's wall budget (--budget-s {}); the ship rule (val mIoU with offsets "
+                            "above the shipped model's) set before the run; not tuned on val".format(
+                                card.recipe.get("recipe"), card.recipe.get("epoch_scales"),
+                                card.recipe.get("color_jitter", 0.0), card.recipe.get("budget_s")),
         "initialised_from": "nothing: trained from scratch (random initialisation), no other weights, no teacher",
     })
     m["rounds"] = ("one run of benchmarks/gpu_run.sh ({}, {}), on the CamVid JPEG copy (quality 95): {}, last epoch "

@@ -46,6 +46,7 @@ def test_gpu_run_smoke(tmp_path):
         assert card.arch == arch and card.dataset == "camvid" and card.input_size == [96, 72]
         assert card.metrics["protocol"]["select"] == "last" and 0 <= card.metrics["val_miou"] <= 1
         assert card.recipe["recipe"] == "paper" and card.recipe["epoch_scales"] == [0.5, 1.5]
+        assert card.recipe["color_jitter"] == 0.2  # the script's jitter reaches every run
         assert json.loads((run / "best.card.json").read_text())["arch"] == arch
         rows = (run / "log.csv").read_text().splitlines()
         assert rows[0].startswith("stage,epoch") and len(rows) == 3  # header + encoder + decoder epoch

@@ -30,7 +30,8 @@ def _pack(root: Path, val_miou: float, input_size=None, smoke: bool = False, exi
     model, card = load_model(SHIPPED)
     card.metrics["val_miou"] = val_miou
     card.metrics["protocol"] = {"select": "last", "scored_on": "val", "hyper_parameters": "recipe paper"}
-    card.recipe.update({"recipe": "paper", "epoch_scales": [0.5, 1.5], "budget_s": 400.0, "epochs": 9})
+    card.recipe.update({"recipe": "paper", "epoch_scales": [0.5, 1.5], "budget_s": 400.0, "epochs": 9,
+                        "color_jitter": 0.2})
     if input_size:
         card.input_size = list(input_size)
     save_model(pack / "runs" / "enet" / "calibrated.safetensors", model, card)
@@ -65,6 +66,7 @@ def test_better_candidate_is_shipped_with_provenance(tmp_path, models, capsys):
     assert card.metrics["val_miou"] == pytest.approx(shipped + 0.01)
     assert card.precisions == {}  # the old records belonged to other weights
     assert card.metrics["protocol"]["initialised_from"].startswith("nothing")
+    assert "colour jitter 0.2" in card.metrics["protocol"]["hyper_parameters"]
     assert "NVIDIA H200" in card.metrics["rounds"] and "20261128T120000Z" in card.metrics["rounds"]
     assert json.loads((models / "enet_camvid.card.json").read_text())["metrics"]["val_miou"] == card.metrics["val_miou"]
     # The records are made again with the settings the replaced file's records named.
