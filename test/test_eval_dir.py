@@ -81,6 +81,34 @@ def test_eval_dir_bad_and_unlabelled_images(camvid_subset, weights, tmp_path):
     assert_same_metrics(metrics, oracle(weights, frames, gts))
 
 
+def test_eval_dir_lighting_scores_the_shifted_frames(camvid_subset, weights, tmp_path):
+    from enet_seg_ros.data.transforms import shift_lighting
+
+    root, names = camvid_subset
+    out = tmp_path / "out"
+    assert eval_dir("camvid", root / "val", root / "valannot", weights, out, "--lighting", "contrast=0.4") == 0
+    metrics = read_json(out / "metrics.json")
+    bgr = [cv2.imread(str(root / "val" / n)) for n in names]
+    gts = [cv2.imread(str(root / "valannot" / n), cv2.IMREAD_UNCHANGED) for n in names]
+    shifted = [shift_lighting(f, "contrast", 0.4, "bgr")[:, :, ::-1].copy() for f in bgr]
+    assert_same_metrics(metrics, oracle(weights, shifted, gts))
+    # ... which is not what the frames as recorded give, and the report says which run this was.
+    as_is = oracle(weights, [f[:, :, ::-1].copy() for f in bgr], gts)
+    assert (metrics["pixel_accuracy"], metrics["class_iou"]) != (as_is["pixel_accuracy"], as_is["class_iou"])
+    assert "contrast x0.4" in (out / "report.md").read_text()
+    assert metrics["lighting"] == {"kind": "contrast", "factor": 0.4}
+
+
+@pytest.mark.parametrize("value", ["contrast", "contrast=-1", "gamma=0.5", "contrast=abc"])
+def test_eval_dir_bad_lighting_is_named(camvid_subset, weights, tmp_path, capsys, value):
+    root, _ = camvid_subset
+    with pytest.raises(SystemExit) as exit_info:
+        eval_dir("camvid", root / "val", root / "valannot", weights, tmp_path / "out", "--lighting", value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--lighting" in err and "KIND=FACTOR" in err and not (tmp_path / "out").exists()
+
+
 def test_eval_dir_cityscapes_layout(tmp_path):
     images, gt = make_cityscapes_folder(tmp_path / "cs", n=3)
     w = make_weights(tmp_path / "enet_cs.safetensors", dataset="cityscapes")

@@ -53,6 +53,21 @@ def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def lighting_arg(text: str):
+    """``KIND=FACTOR`` of ``--lighting`` (e.g. ``contrast=0.6``) -> ``(kind, factor)``; argparse type."""
+    from ..data.transforms import LIGHTING_KINDS
+
+    kind, sep, value = text.partition("=")
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = float("nan")
+    if not sep or kind not in LIGHTING_KINDS or not factor >= 0 or factor == float("inf"):
+        raise argparse.ArgumentTypeError("expected KIND=FACTOR with KIND one of {} and FACTOR a number >= 0 "
+                                         "(e.g. contrast=0.6), got {!r}".format(", ".join(LIGHTING_KINDS), text))
+    return kind, factor
+
+
 def model_options(args: argparse.Namespace):
     """The :class:`~enet_seg_ros.evaluate.api.ModelOptions` of :func:`add_segmenter_arguments`' flags."""
     from ..engine import parse_size
@@ -68,4 +83,4 @@ def run_options(args: argparse.Namespace):
     from ..evaluate.api import RunOptions
 
     return RunOptions(resize_gt=args.resize_gt, save_predictions=args.save_predictions, throughput=args.throughput,
-                      workers=args.workers, progress=not args.no_progress)
+                      workers=args.workers, progress=not args.no_progress, lighting=getattr(args, "lighting", None))

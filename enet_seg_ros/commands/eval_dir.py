@@ -4,14 +4,16 @@ CamVid (SegNet layout): ``--images`` and ``--labels`` hold the same file names. 
 ``--images leftImg8bit/<split>`` and ``--labels gtFine/<split>`` (searched recursively;
 ``*_gtFine_instanceIds.png`` give iIoU). Writes metrics.json, report.md, confusion.png and
 class_iou.png to ``--out``. ``--throughput`` also times the bare model on the same frames
-(decoded in memory beforehand) and records both rates in metrics.json.
+(decoded in memory beforehand) and records both rates in metrics.json. ``--lighting KIND=FACTOR``
+scores the model on the same frames under other light (brightness, contrast or saturation scaled
+as the training's ``--color-jitter`` does it); the report says so.
 """
 from __future__ import annotations
 
 import argparse
 
 from .common_args import (add_dataset_folder_arguments, add_report_arguments, add_segmenter_arguments,
-                          model_options, run_options)
+                          lighting_arg, model_options, run_options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_folder_arguments(parser)
     add_segmenter_arguments(parser)
     parser.add_argument("--no-instances", action="store_true", help="Cityscapes: skip iIoU")
+    parser.add_argument("--lighting", type=lighting_arg, default=None, metavar="KIND=FACTOR",
+                        help="robustness run: scale every image's brightness, contrast or saturation by FACTOR "
+                             "before inference (e.g. contrast=0.6), as --color-jitter does in training")
     add_report_arguments(parser, "<name>")
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import SegmentationDataset, map_decoding
-from .transforms import resize_pair
+from .transforms import LUMA_RGB, resize_pair
 
 
 class FrameStore:
@@ -167,11 +167,12 @@ def _nearest_exact_index(pos: torch.Tensor, scaled: torch.Tensor, size: int) -> 
 def _jitter(x: torch.Tensor, factors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Brightness, contrast (about the image's mean grey) and saturation (about each pixel's grey)."""
     bright, contrast, sat = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    r, g, b = LUMA_RGB
     x = x * bright
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = (r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3])
     mean = grey.mean(dim=(2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = (r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3])
     x = ((x - grey) * sat + grey).clamp(0, 255)
     return x * valid[:, None].to(x.dtype)  # padding stays black
 

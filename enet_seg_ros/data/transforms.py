@@ -20,6 +20,42 @@ def normalize(image: np.ndarray, channel_order: str, mean: Sequence[float], std:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+# Grey of an RGB pixel (ITU-R BT.601 luma): the centre of contrast and saturation changes, in the
+# training colour jitter (device_augment) and in the evaluation's lighting shifts alike.
+LUMA_RGB = (0.299, 0.587, 0.114)
+LIGHTING_KINDS = ("brightness", "contrast", "saturation")
+
+
+def shift_lighting(image: np.ndarray, kind: str, factor: float, channel_order: str = "rgb") -> np.ndarray:
+    """``image`` (uint8 HxWx3) under other light, as the training colour jitter changes it.
+
+    ``brightness`` multiplies every value; ``contrast`` scales the distance of every value from the
+    image's mean grey; ``saturation`` scales each pixel's distance from its own grey. The result is
+    clipped to 0..255 and rounded. A factor of 1 returns the image unchanged.
+    """
+    if kind not in LIGHTING_KINDS:
+        raise ValueError("lighting kind must be one of {}, got {!r}".format(", ".join(LIGHTING_KINDS), kind))
+    if not np.isfinite(factor) or factor < 0:
+        raise ValueError("lighting factor must be a finite number >= 0, got {!r}".format(factor))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("lighting shifts take a uint8 HxWx3 image, got {} {}".format(image.dtype, image.shape))
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError("channel_order must be rgb or bgr, got {!r}".format(channel_order))
+    if factor == 1:
+        return image
+    x = image.astype(np.float32)
+    luma = np.asarray(LUMA_RGB if channel_order == "rgb" else LUMA_RGB[::-1], dtype=np.float32)
+    if kind == "brightness":
+        x *= np.float32(factor)
+    elif kind == "contrast":
+        mean = float((x @ luma).mean())
+        x = (x - mean) * np.float32(factor) + mean
+    else:
+        grey = (x @ luma)[..., None]
+        x = (x - grey) * np.float32(factor) + grey
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def resize_pair(image: np.ndarray, label: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Bring an (image, label) pair to ``size`` (W, H): image bilinear, labels NEAREST_EXACT.
 

@@ -51,6 +51,7 @@ class RunOptions:
     throughput: bool = False
     workers: int = 2
     progress: bool = True
+    lighting: Optional[Tuple[str, float]] = None  # (kind, factor): every image shifted so (eval-dir --lighting)
 
 
 @dataclass
@@ -96,8 +97,12 @@ def evaluate_folder(dataset: str, images: PathLike, labels: PathLike, out: PathL
     decoded = [read_bgr(f.image_path) for f in frames[:THROUGHPUT_FRAMES]] if run.throughput else []
     # Bare inference timed before and after the evaluation, so load drifts on the machine cancel.
     bare = [bare_throughput(loaded.segmenter, decoded, "bgr")] if decoded else []
-    stats = pipeline.run(folder_jobs(frames, with_instances), total=len(frames), desc="eval-dir",
+    stats = pipeline.run(folder_jobs(frames, with_instances, run.lighting), total=len(frames), desc="eval-dir",
                          progress=run.progress, workers=run.workers)
+    if run.lighting is not None:
+        stats.extra["lighting"] = {"kind": run.lighting[0], "factor": run.lighting[1]}
+        stats.notes.append("input lighting changed before inference: {} x{:g} (a robustness run, not the "
+                           "frames as recorded)".format(*run.lighting))
     if decoded:
         bare.append(bare_throughput(loaded.segmenter, decoded, "bgr"))
         del decoded

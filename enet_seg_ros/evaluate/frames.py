@@ -11,24 +11,32 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.transforms import shift_lighting
 from ..io.bags import BagError, decode_frame, decode_label
 from .folders import read_bgr, read_instance_ids, read_label_ids
 from .pairing import GT, INSTANCES, MAIN, StampPairer
 from .pipeline import MAX_LISTED, THROUGHPUT_FRAMES, EvalItem, Job
 
 
-def folder_jobs(frames: Sequence[Any], with_instances: bool) -> Iterator[Job]:
-    """One decode job per :class:`~enet_seg_ros.evaluate.folders.LabelledFrame`."""
+def folder_jobs(frames: Sequence[Any], with_instances: bool,
+                lighting: Optional[Tuple[str, float]] = None) -> Iterator[Job]:
+    """One decode job per :class:`~enet_seg_ros.evaluate.folders.LabelledFrame`.
+
+    ``lighting``: ``(kind, factor)`` of :func:`~enet_seg_ros.data.transforms.shift_lighting`
+    applied to every decoded image (robustness runs); None leaves the images as they are.
+    """
     for f in frames:
-        yield functools.partial(_load_folder_frame, f, with_instances)
+        yield functools.partial(_load_folder_frame, f, with_instances, lighting)
 
 
-def _load_folder_frame(f: Any, with_instances: bool) -> EvalItem:
+def _load_folder_frame(f: Any, with_instances: bool, lighting: Optional[Tuple[str, float]] = None) -> EvalItem:
     name = str(f.image_path)
     try:
         image = read_bgr(f.image_path)  # the segmenter takes BGR as is: no channel copy
     except ValueError as exc:
         return EvalItem(name=name, stem=f.key, error=str(exc))
+    if lighting is not None:
+        image = shift_lighting(image, lighting[0], lighting[1], channel_order="bgr")
     gt = inst = None
     if f.label_path is not None:
         gt = read_label_ids(f.label_path)
