@@ -60,3 +60,12 @@ def test_same_change_as_the_training_colour_jitter(image, kind, index):
 def test_bad_input_is_named(kind, factor, image_shape, dtype):
     with pytest.raises(ValueError, match="lighting"):
         shift_lighting(np.zeros(image_shape, dtype), kind, factor)
+
+
+def test_evaluate_folder_refuses_a_bad_shift_before_reading_anything(tmp_path):
+    from enet_seg_ros.evaluate.api import RunOptions, evaluate_folder
+
+    with pytest.raises(ValueError, match="lighting kind"):
+        evaluate_folder("camvid", tmp_path / "missing", tmp_path / "missing", tmp_path / "out",
+                        run=RunOptions(lighting=("gamma", 0.5)))
+    assert not (tmp_path / "out").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..engine.registry import backend_choices
 
@@ -53,19 +53,17 @@ def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def lighting_arg(text: str):
+def lighting_arg(text: str) -> Tuple[str, float]:
     """``KIND=FACTOR`` of ``--lighting`` (e.g. ``contrast=0.6``) -> ``(kind, factor)``; argparse type."""
-    from ..data.transforms import LIGHTING_KINDS
+    from ..data.transforms import check_lighting
 
     kind, sep, value = text.partition("=")
     try:
-        factor = float(value)
-    except ValueError:
-        factor = float("nan")
-    if not sep or kind not in LIGHTING_KINDS or not factor >= 0 or factor == float("inf"):
-        raise argparse.ArgumentTypeError("expected KIND=FACTOR with KIND one of {} and FACTOR a number >= 0 "
-                                         "(e.g. contrast=0.6), got {!r}".format(", ".join(LIGHTING_KINDS), text))
-    return kind, factor
+        if not sep:
+            raise ValueError("no '='")
+        return check_lighting(kind, value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("expected KIND=FACTOR (e.g. contrast=0.6), got {!r}: {}".format(text, exc))
 
 
 def model_options(args: argparse.Namespace):

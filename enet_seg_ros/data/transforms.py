@@ -26,6 +26,19 @@ LUMA_RGB = (0.299, 0.587, 0.114)
 LIGHTING_KINDS = ("brightness", "contrast", "saturation")
 
 
+def check_lighting(kind: str, factor: float) -> Tuple[str, float]:
+    """``(kind, factor)`` of a lighting shift, checked: ValueError naming what is wrong."""
+    if kind not in LIGHTING_KINDS:
+        raise ValueError("lighting kind must be one of {}, got {!r}".format(", ".join(LIGHTING_KINDS), kind))
+    try:
+        factor = float(factor)
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not np.isfinite(factor) or factor < 0:
+        raise ValueError("lighting factor must be a finite number >= 0, got {!r}".format(factor))
+    return kind, factor
+
+
 def shift_lighting(image: np.ndarray, kind: str, factor: float, channel_order: str = "rgb") -> np.ndarray:
     """``image`` (uint8 HxWx3) under other light, as the training colour jitter changes it.
 
@@ -33,10 +46,7 @@ def shift_lighting(image: np.ndarray, kind: str, factor: float, channel_order: s
     image's mean grey; ``saturation`` scales each pixel's distance from its own grey. The result is
     clipped to 0..255 and rounded. A factor of 1 returns the image unchanged.
     """
-    if kind not in LIGHTING_KINDS:
-        raise ValueError("lighting kind must be one of {}, got {!r}".format(", ".join(LIGHTING_KINDS), kind))
-    if not np.isfinite(factor) or factor < 0:
-        raise ValueError("lighting factor must be a finite number >= 0, got {!r}".format(factor))
+    kind, factor = check_lighting(kind, factor)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("lighting shifts take a uint8 HxWx3 image, got {} {}".format(image.dtype, image.shape))
     if channel_order not in ("rgb", "bgr"):

@@ -8,10 +8,11 @@ metrics.json, report.md, confusion.png and class_iou.png into ``out``; the ``eva
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..data.transforms import check_lighting
 from ..io.bags import BagReader, format_stamp
 from ..io.topics import IMAGE_TYPE, IMAGE_TYPES, INSTANCES_TOPIC, LABELS_TOPIC
 from . import make_evaluator
@@ -87,6 +88,8 @@ def evaluate_folder(dataset: str, images: PathLike, labels: PathLike, out: PathL
                     with_instances: bool = True) -> Evaluation:
     """Segment and score a labelled folder (CamVid or Cityscapes layout)."""
     images, labels, out = Path(images), Path(labels), Path(out)
+    if run.lighting is not None:
+        run = replace(run, lighting=check_lighting(*run.lighting))  # a bad shift fails before any frame
     frames, orphans = find_labelled_frames(dataset, images, labels)
     loaded = load_for_dataset(model.weights, dataset, model.backend, model.input_size, model.device, model.threads,
                               strict=model.strict)
