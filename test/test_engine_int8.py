@@ -14,10 +14,12 @@ from enet_seg_ros.bench.runner import synthetic_frame
 from enet_seg_ros.cli import main as cli_main
 from enet_seg_ros.data.labels import get_label_spec
 from enet_seg_ros.engine import Segmenter
+from enet_seg_ros.engine.backends.base import BackendUnavailable
 from enet_seg_ros.engine.cache import GRAPH_FORMAT, ArtifactCache
-from enet_seg_ros.engine.quantize import Int8Request, QuantSettings, int8_onnx, qdq_summary, tensor_digest
+from enet_seg_ros.engine.quantize import (Int8Request, QuantSettings, activation_qparams, int8_onnx, qdq_summary,
+                                         tensor_digest)
 from enet_seg_ros.engine.source import load_source
-from enet_seg_ros.evaluate.precision_guard import record_precision, validate_int8, verdict
+from enet_seg_ros.evaluate.precision_guard import record_int8, record_precision, validate_int8, verdict
 from enet_seg_ros.nets import build_model
 from enet_seg_ros.weights import ModelCard, Normalization, read_card, save_model
 from model_fixtures import randomize
@@ -131,9 +133,15 @@ def test_precision_auto_picks_a_validated_record_else_fp32(camvid_root, tmp_path
     assert seg.segment(synthetic_frame(96, 64)).labels.shape == (64, 96)
     # The torch backend has no int8 record: auto stays at its default there.
     assert Segmenter(weights, backend="torch", strict=True, warmup=0).precision == "fp32"
-    # Without the cached graph and calibration images, int8 is skipped and fp32 runs.
+    # Without the cached graph and calibration images, the record's activation ranges rebuild the
+    # graph (test_int8_ranges.py); a record without them is skipped and fp32 runs.
+    assert len(record["activation_qparams"]) > 50
     seg = Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=tmp_path / "empty", warmup=0)
+    assert seg.precision == "int8", seg.selection_reason
+    record_precision(weights, "int8", {k: v for k, v in record.items() if k != "activation_qparams"})
+    seg = Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=tmp_path / "empty2", warmup=0)
     assert seg.precision == "fp32" and "onnxruntime-cpu/int8" in seg.backend.skipped
+    record_precision(weights, "int8", record)
     # A record made for other tensors is ignored.
     other = _weights(tmp_path / "other", seed=2)
     record_precision(other, "int8", record)
@@ -168,8 +176,12 @@ def test_doctor_self_tests_int8_through_the_card_record(camvid_root, tmp_path, c
     entry = int8_entry(cache)
     assert entry["usable"] and entry["reason"] == "" and entry["ms_median"] > 0, entry
     assert 0.0 <= entry["agreement_vs_torch_fp32"] <= 1.0
-    # In an empty cache the record alone cannot build it: unusable, saying what is missing.
+    # In an empty cache the record's activation ranges rebuild it (another machine, no images) ...
     entry = int8_entry(tmp_path / "empty")
+    assert entry["usable"] and entry["reason"] == "", entry
+    # ... and a record without them cannot: unusable, saying what is missing.
+    record_precision(weights, "int8", {k: v for k, v in record.items() if k != "activation_qparams"})
+    entry = int8_entry(tmp_path / "empty2")
     assert not entry["usable"] and "calibration images" in entry["reason"], entry
 
 
@@ -478,3 +490,77 @@ def test_bf16_guard_judges_openvino_bf16_or_says_why_not(camvid_root, tmp_path, 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # what every AVX2-only CPU sees
     with pytest.raises(RuntimeError, match="no backend could run bf16: .*openvino.*AVX512-BF16 or AMX"):
         validate_bf16(weights, camvid_root / "val", **kwargs)
+
+
+# -- int8 without the calibration images: the record's activation ranges --------------------------------
+def _tensors(path: Path) -> dict:
+    proto = onnx.load(str(path))
+    return {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+@pytest.mark.parametrize("settings", [QuantSettings(), QuantSettings(calibrate="percentile", weight_bits=7,
+                                                                     exclude=("first_conv",))])
+def test_record_ranges_rebuild_the_same_graph_without_images(tmp_path, calib_dir, settings):
+    source = load_source(_weights(tmp_path))
+    request = Int8Request(calib_dir, limit=4, settings=settings)
+    made = int8_onnx(ArtifactCache(tmp_path / "a", "onnx"), source, (96, 64), request)
+    qparams = activation_qparams(made)
+    assert len(qparams) > 50 and all(s > 0 and 0 <= z <= 255 for s, z in qparams.values())
+    # A fresh cache (another machine): no images, only the record's digest, settings and ranges.
+    fresh = ArtifactCache(tmp_path / "b", "onnx")
+    with pytest.raises(BackendUnavailable, match="not in the cache"):
+        int8_onnx(fresh, source, (96, 64), Int8Request(None, request.digest(), settings=settings))
+    again = int8_onnx(fresh, source, (96, 64), Int8Request(None, request.digest(), settings=settings, qparams=qparams))
+    a, b = _tensors(made), _tensors(again)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical: every scale, zero point and weight
+    # Other outputs of the same network (confidence, the comparison argmax OpenVINO uses) are covered too.
+    conf = int8_onnx(fresh, source, (96, 64), Int8Request(None, request.digest(), settings=settings, qparams=qparams),
+                     with_confidence=True, argmax="compare")
+    assert activation_qparams(conf) == qparams
+
+
+def test_ranges_that_do_not_cover_the_graph_are_refused(tmp_path, calib_dir):
+    source = load_source(_weights(tmp_path))
+    request = Int8Request(calib_dir, limit=4)
+    qparams = activation_qparams(int8_onnx(ArtifactCache(tmp_path / "a", "onnx"), source, (96, 64), request))
+    partial = dict(list(qparams.items())[:-5])
+    with pytest.raises(BackendUnavailable, match="do not cover this graph"):
+        int8_onnx(ArtifactCache(tmp_path / "b", "onnx"), source, (96, 64),
+                  Int8Request(None, request.digest(), qparams=partial))
+
+
+def test_attach_ranges_lets_a_machine_without_the_images_run_the_recorded_int8(tmp_path, calib_dir, capsys):
+    source = load_source(_weights(tmp_path / "w"))
+    from enet_seg_ros.engine.cpu import cpu_int8_class
+
+    weights = tmp_path / "enet_small.safetensors"
+    save_model(weights, source.model, source.card)
+    request = Int8Request(calib_dir, limit=4)
+    # A record as `enet-seg quantize --record` filed them before ranges were kept (no activation_qparams).
+    record_int8(weights, {"accepted": True, "backends": {"onnxruntime": {"verdict": "ok"}},
+                          "calibration_digest": request.digest(), "quantization": QuantSettings().to_dict(),
+                          "weights_digest": tensor_digest(source.model), "graph_format": GRAPH_FORMAT,
+                          "cpu_int8_class": cpu_int8_class(), "val_size": "96x64"})
+    frame = synthetic_frame(96, 64, seed=7)
+    fresh = dict(backend="onnxruntime", strict=True, warmup=0, input_size=(96, 64))
+    seg = Segmenter(weights, cache_dir=tmp_path / "fresh1", **fresh)
+    assert seg.precision == "fp32" and "onnxruntime-cpu/int8" in seg.backend.skipped  # no images, no ranges
+    # Attach the ranges (no validation) from the calibration images the record names ...
+    assert cli_main(["quantize", str(weights), "--calib", str(calib_dir), "--calib-frames", "4", "--attach-ranges",
+                     "--cache-dir", str(tmp_path / "here")]) == 0
+    rec = read_card(weights).precisions["int8"]
+    assert len(rec["activation_qparams"]) > 50
+    assert rec["calibration_digest"] == request.digest()  # the rest of the record is as it was
+    # ... and another machine (an empty cache, no images) runs the validated int8 graph.
+    seg = Segmenter(weights, cache_dir=tmp_path / "fresh2", **fresh)
+    assert seg.precision == "int8", seg.selection_reason
+    with_images = Segmenter(weights, precision="int8", calibration=calib_dir, calibration_limit=4,
+                            cache_dir=tmp_path / "fresh3", **fresh)
+    assert np.array_equal(seg.segment(frame).labels, with_images.segment(frame).labels)
+    # Images other than the record's are refused, naming the digest.
+    other = tmp_path / "other_calib"
+    other.mkdir()
+    cv2.imwrite(str(other / "0.png"), synthetic_frame(120, 90, seed=99))
+    assert cli_main(["quantize", str(weights), "--calib", str(other), "--calib-frames", "4", "--attach-ranges"]) == 2
+    assert "no accepted int8 record" in capsys.readouterr().err

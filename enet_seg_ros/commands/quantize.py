@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="with --validate: also check OpenVINO bf16 (AVX512-BF16 / AMX CPUs) against the same bar "
                         "(recorded as precisions.bf16 with --record)")
+    p.add_argument("--attach-ranges", action="store_true",
+                   help="no new graph or validation: store the activation ranges of the card's accepted int8 "
+                        "records calibrated on --calib in those records, so machines without the images can "
+                        "rebuild the validated graphs (records made with --record have them already)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--cache-dir", default=None, help="artefact cache (default $ENET_SEG_CACHE or ~/.cache)")
     p.add_argument("--out", default=None, metavar="FILE.onnx", help="also copy the int8 graph (first size) here")
@@ -49,6 +53,14 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.quantize import Int8Request, QuantSettings, build_int8, qdq_summary
     from ..engine.source import load_source
 
+    if args.attach_ranges:
+        from ..evaluate.precision_guard import attach_activation_ranges
+
+        if args.validate or args.record or args.out:
+            raise ValueError("--attach-ranges only adds ranges to existing records: no --validate, --record or --out")
+        classes = attach_activation_ranges(args.weights, args.calib, args.calib_frames, args.cache_dir)
+        print("activation ranges stored in the int8 record(s) of {} ({})".format(args.weights, ", ".join(classes)))
+        return 0
     if args.record and not args.validate:
         raise ValueError("--record needs --validate VALDIR (only validated results are recorded)")
     for flag, given in (("--isa", args.isa), ("--bf16", args.bf16)):

@@ -103,6 +103,9 @@ class Int8Request:
     calibration_digest: Optional[str] = None  # digest of the frames (from the card record)
     limit: int = DEFAULT_CALIBRATION_FRAMES
     settings: QuantSettings = field(default_factory=QuantSettings)
+    # The record's activation scales / zero points ({tensor: [scale, zero_point]}, see
+    # activation_qparams): the validated graph is rebuilt from them where the images are not at hand.
+    qparams: Optional[Dict[str, List[float]]] = None
 
     def digest(self) -> str:
         """The calibration digest (computed from the folder when one is given)."""
@@ -156,9 +159,20 @@ def int8_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
         return path
     from .export import export_onnx_bytes
 
-    frames = model_frames(calibration_images(cache, request), source, input_size, resize_policy)
-    LOG.info("quantising %s %dx%d to int8 (%d calibration frames, %s)", source.arch, input_size[0], input_size[1],
-             len(frames), settings)
+    overrides = None
+    try:
+        images = calibration_images(cache, request)
+    except BackendUnavailable:
+        if flavour != "full" or not request.qparams:
+            raise
+        # No images here (a fresh machine): the record's own activation ranges give the same graph;
+        # the calibrator still wants one frame, whose ranges every override replaces.
+        overrides = request.qparams
+        images = [np.zeros((input_size[1], input_size[0], 3), np.uint8)]
+    frames = model_frames(images, source, input_size, resize_policy)
+    LOG.info("quantising %s %dx%d to int8 (%s, %s)", source.arch, input_size[0], input_size[1],
+             "{} calibration frames".format(len(frames)) if overrides is None else
+             "the model card's activation ranges", settings)
     fp32 = cache.temp_path(fields, ".fp32.onnx")
     tmp = cache.temp_path(fields, ".onnx")
     try:
@@ -170,7 +184,8 @@ def int8_onnx(cache: ArtifactCache, source: ModelSource, input_size: Tuple[int, 
         else:
             fp32.write_bytes(export_onnx_bytes(source, input_size, flavour="network"))
             inputs = [normalise(f, source) for f in frames]
-        quantize_qdq(fp32, tmp, inputs, settings, input_name=INPUT_NAME if flavour == "full" else "input")
+        quantize_qdq(fp32, tmp, inputs, settings, input_name=INPUT_NAME if flavour == "full" else "input",
+                     overrides=overrides)
         return cache.commit(fields, ".onnx", tmp)
     finally:
         tmp.unlink(missing_ok=True)
@@ -281,10 +296,14 @@ def resolve_exclusions(proto, exclude: Sequence[str]) -> List[str]:
 
 
 def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.ndarray],
-                 settings: QuantSettings = QuantSettings(), input_name: str = INPUT_NAME) -> None:
+                 settings: QuantSettings = QuantSettings(), input_name: str = INPUT_NAME,
+                 overrides: Optional[Dict[str, List[float]]] = None) -> None:
     """Static Q/DQ quantisation of ``fp32_onnx`` into ``out_path`` calibrated on ``frames``.
 
     ``frames`` are single graph inputs without the batch axis. Raises ``ValueError`` without frames.
+    ``overrides``: ``{tensor: [scale, zero_point]}`` of every quantised activation (from
+    :func:`activation_qparams` of a graph calibrated before); they replace what ``frames`` give,
+    and a graph with an activation they do not name is refused (BackendUnavailable).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -302,6 +321,12 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         excluded = resolve_exclusions(onnx.load(str(pre), load_external_data=False), settings.exclude)
         activation = QuantType.QInt8 if settings.activation_symmetric else QuantType.QUInt8
+        extra = {}
+        if overrides is not None:
+            zp_type = np.int8 if settings.activation_symmetric else np.uint8
+            extra["TensorQuantOverrides"] = {
+                name: [{"scale": np.array(sz[0], np.float32), "zero_point": np.array(sz[1], zp_type)}]
+                for name, sz in overrides.items()}
         quantize_static(
             str(pre), str(out_path), _Reader(frames, input_name),
             quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
@@ -309,11 +334,19 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
             activation_type=activation, weight_type=QuantType.QInt8,
             op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
             calibrate_method=methods[settings.calibrate],
-            extra_options={"ActivationSymmetric": settings.activation_symmetric,
-                           "WeightSymmetric": settings.weight_symmetric, "QuantizeBias": settings.quantize_bias},
+            extra_options=dict(extra, ActivationSymmetric=settings.activation_symmetric,
+                               WeightSymmetric=settings.weight_symmetric, QuantizeBias=settings.quantize_bias),
         )
     finally:
         pre.unlink(missing_ok=True)
+    if overrides is not None:
+        made = activation_qparams(out_path)
+        missing = sorted(set(made) - set(overrides))
+        if missing or any(made[k] != [float(np.float32(v[0])), int(v[1])] for k, v in made.items() if k in overrides):
+            out_path.unlink(missing_ok=True)
+            raise BackendUnavailable("int8: the model card's activation ranges do not cover this graph ({} "
+                                     "activation(s) without one, e.g. {}); quantise with calibration images "
+                                     "(--calib DIR)".format(len(missing), missing[:3]))
     # Keep the model card and weights digest of the fp32 graph in the int8 graph's metadata.
     src = onnx.load(str(fp32_onnx), load_external_data=False)
     dst = onnx.load(str(out_path))
@@ -325,6 +358,29 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
     entry = dst.metadata_props.add()
     entry.key, entry.value = "enet_seg_ros.quantization", repr(settings.to_dict())
     onnx.save(dst, str(out_path))
+
+
+def activation_qparams(path: PathLike) -> Dict[str, List[float]]:
+    """``{tensor: [scale, zero_point]}`` of every activation a Q/DQ graph quantises (not its weights).
+
+    With the settings, this is all a graph's calibration decided: kept in the model card's int8
+    record, it rebuilds the same graph without the calibration images (:func:`int8_onnx`).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    out: Dict[str, List[float]] = {}
+    for node in proto.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]])
+        zero = numpy_helper.to_array(inits[node.input[2]])
+        if scale.size != 1:
+            raise ValueError("{}: per-channel activation scales are not supported".format(node.input[0]))
+        out[node.input[0]] = [float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0])]
+    return out
 
 
 def qdq_summary(path: PathLike) -> Dict[str, Any]:
@@ -344,6 +400,7 @@ def qdq_summary(path: PathLike) -> Dict[str, Any]:
 
 
 __all__ = ["QuantSettings", "Int8Request", "int8_onnx", "int8_fields", "quantize_qdq", "qdq_summary", "INT8_OPS",
+           "activation_qparams",
            "cpu_int8_class", "int8_records", "int8_record_for", "merge_int8_record", "validated_precisions"]
 
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ..engine.cache import GRAPH_FORMAT
-from ..engine.quantize import (DEFAULT_CALIBRATION_FRAMES, QuantSettings, cpu_int8_class, merge_int8_record,
-                               tensor_digest)
+from ..engine.cache import GRAPH_FORMAT, ArtifactCache
+from ..engine.quantize import (DEFAULT_CALIBRATION_FRAMES, Int8Request, QuantSettings, activation_qparams,
+                               cpu_int8_class, int8_onnx, int8_records, merge_int8_record, tensor_digest)
 from ..io.files import IMAGE_SUFFIXES
 from .metrics import ConfusionMatrix
 
@@ -171,6 +171,11 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         (checked if ok else rejected)[name] = row
         say("int8 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", row["verdict"]))
     w, h = reference.input_size
+    # The graph's activation ranges travel with the record, so a machine without the calibration
+    # images rebuilds this very graph (engine.quantize.int8_onnx); already cached by the candidates.
+    graph = int8_onnx(ArtifactCache(cache_dir, "onnx"), source, (w, h),
+                      Int8Request(calibration, limit=calibration_limit, settings=settings),
+                      resize_policy=card.resize_policy or "stretch")
     return {
         "accepted": bool(checked),
         "backends": checked,
@@ -181,6 +186,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "quantization": settings.to_dict(),
         "calibration": "{} ({} frames)".format(Path(str(calibration)).name, calibration_limit),
         "calibration_digest": record_settings["calibration_digest"],
+        "activation_qparams": activation_qparams(graph),
         "validation": "{} ({} frames, labels {})".format(Path(str(val_images)).name, len(pairs),
                                                           Path(str(val_labels)).name if val_labels else "annot"),
         "val_frames": len(pairs),
@@ -335,6 +341,52 @@ def record_int8(weights: PathLike, record: Dict[str, Any]) -> Path:
 
     existing = (read_card(resolve_weights(weights)).precisions or {}).get("int8")
     return record_precision(weights, "int8", merge_int8_record(existing, record))
+
+
+def attach_activation_ranges(weights: PathLike, calibration: PathLike, calibration_limit: int = 32,
+                             cache_dir: Optional[PathLike] = None) -> List[str]:
+    """Add ``activation_qparams`` to the card's int8 records made with ``calibration`` (no validation).
+
+    For records filed before the ranges were recorded: each accepted record whose calibration
+    digest equals the folder's is rebuilt from the same images and settings (the graph it
+    validated, for the same tensors and graph format) and its activation scales / zero points are
+    stored, so machines without the images can rebuild that graph. Returns the classes updated.
+
+    Raises:
+        ValueError: no accepted int8 record, or none made with these calibration images.
+    """
+    from ..engine.calib import calibration_digest
+    from ..engine.source import load_source
+    from ..weights import resolve_weights
+
+    path = resolve_weights(weights)
+    source = load_source(path)
+    card = source.card
+    existing = (card.precisions or {}).get("int8")
+    digest = calibration_digest(calibration, calibration_limit)
+    tensors = tensor_digest(source.model)
+    done: List[str] = []
+    updated = []
+    for rec in int8_records(existing):
+        rec = {k: v for k, v in rec.items() if k != "by_cpu_class"}
+        if rec.get("accepted") and rec.get("calibration_digest") == digest and rec.get("weights_digest") == tensors \
+                and rec.get("graph_format", GRAPH_FORMAT) == GRAPH_FORMAT:
+            w, h = (int(v) for v in str(rec.get("val_size") or "x".join(map(str, card.input_size))).split("x"))
+            graph = int8_onnx(ArtifactCache(cache_dir, "onnx"), source, (w, h),
+                              Int8Request(calibration, limit=calibration_limit,
+                                          settings=QuantSettings.from_dict(rec.get("quantization"))),
+                              resize_policy=card.resize_policy or "stretch")
+            rec["activation_qparams"] = activation_qparams(graph)
+            done.append(rec.get("cpu_int8_class", "vnni"))
+        updated.append(rec)
+    if not done:
+        raise ValueError("{}: no accepted int8 record for these weights was calibrated on {} ({} frames, digest {})"
+                         .format(path, calibration, calibration_limit, digest))
+    merged: Any = None
+    for rec in updated:
+        merged = merge_int8_record(merged, rec)
+    record_precision(path, "int8", merged)
+    return done
 
 
 def record_precision(weights: PathLike, precision: str, record: Dict[str, Any]) -> Path:

@@ -111,7 +111,8 @@ class OnnxRuntimeBackend(Backend):
             # record in the model card (the graph is then found in the cache).
             record = int8 or {}
             self._int8 = Int8Request(calibration, record.get("calibration_digest"), calibration_limit,
-                                     QuantSettings.from_dict(record.get("quantization")))
+                                     QuantSettings.from_dict(record.get("quantization")),
+                                     qparams=record.get("activation_qparams"))
             self._int8_digest = self._int8.digest()  # raises BackendUnavailable without either
         self._ort = ort
         self.device, self.precision, self.input_size = device, precision, (int(input_size[0]), int(input_size[1]))

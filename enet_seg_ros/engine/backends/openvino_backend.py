@@ -115,7 +115,8 @@ class OpenVinoBackend(Backend):
 
             record = int8 or {}
             request = Int8Request(calibration, record.get("calibration_digest"), calibration_limit,
-                                  QuantSettings.from_dict(record.get("quantization")))
+                                  QuantSettings.from_dict(record.get("quantization")),
+                                  qparams=record.get("activation_qparams"))
             self.path: Path = int8_onnx(cache, source, self.input_size, request, output, with_confidence,
                                         argmax="compare", resize_policy=resize_policy)
         else:
