@@ -66,7 +66,9 @@ def test_torch_and_onnxruntime_agree_on_a_camvid_frame(tmp_path, cache, camvid_r
     frame_bgr = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]), cv2.IMREAD_COLOR)
     results = {}
     for backend in ("torch", "onnxruntime"):  # OpenVINO: test_engine_openvino.py (its own process)
-        seg = Segmenter(weights, backend=backend, device="cpu", strict=True, confidence=True, warmup=0)
+        # fp32 asked: the shipped card's validated int8 would otherwise be a candidate of auto here.
+        seg = Segmenter(weights, backend=backend, device="cpu", precision="fp32", strict=True, confidence=True,
+                        warmup=0)
         assert seg.backend_name == backend and seg.precision == "fp32"
         results[backend] = seg.segment(frame_bgr, channel_order="bgr")
     a, b = results["torch"], results["onnxruntime"]
