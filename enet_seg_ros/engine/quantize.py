@@ -339,17 +339,20 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
         )
     finally:
         pre.unlink(missing_ok=True)
+    dst = onnx.load(str(out_path))
     if overrides is not None:
-        made = activation_qparams(out_path)
+        made = activation_qparams(dst)
         missing = sorted(set(made) - set(overrides))
-        if missing or any(made[k] != [float(np.float32(v[0])), int(v[1])] for k, v in made.items() if k in overrides):
+        differ = sorted(k for k, v in made.items() if k in overrides
+                        and v != [float(np.float32(overrides[k][0])), int(overrides[k][1])])
+        if missing or differ:
             out_path.unlink(missing_ok=True)
             raise BackendUnavailable("int8: the model card's activation ranges do not cover this graph ({} "
-                                     "activation(s) without one, e.g. {}); quantise with calibration images "
-                                     "(--calib DIR)".format(len(missing), missing[:3]))
+                                     "activation(s) without one, {} not taken as given, e.g. {}); quantise with "
+                                     "calibration images (--calib DIR)".format(len(missing), len(differ),
+                                                                              (missing + differ)[:3]))
     # Keep the model card and weights digest of the fp32 graph in the int8 graph's metadata.
     src = onnx.load(str(fp32_onnx), load_external_data=False)
-    dst = onnx.load(str(out_path))
     have = {p.key for p in dst.metadata_props}
     for prop in src.metadata_props:
         if prop.key not in have:
@@ -360,16 +363,17 @@ def quantize_qdq(fp32_onnx: PathLike, out_path: PathLike, frames: Sequence[np.nd
     onnx.save(dst, str(out_path))
 
 
-def activation_qparams(path: PathLike) -> Dict[str, List[float]]:
+def activation_qparams(graph: Any) -> Dict[str, List[float]]:
     """``{tensor: [scale, zero_point]}`` of every activation a Q/DQ graph quantises (not its weights).
 
-    With the settings, this is all a graph's calibration decided: kept in the model card's int8
-    record, it rebuilds the same graph without the calibration images (:func:`int8_onnx`).
+    ``graph``: a path or a loaded ``onnx.ModelProto``. With the settings, this is all a graph's
+    calibration decided: kept in the model card's int8 record, it rebuilds the same graph without
+    the calibration images (:func:`int8_onnx`).
     """
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
+    proto = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph))
     inits = {i.name: i for i in proto.graph.initializer}
     out: Dict[str, List[float]] = {}
     for node in proto.graph.node:

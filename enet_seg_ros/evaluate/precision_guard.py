@@ -171,11 +171,6 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         (checked if ok else rejected)[name] = row
         say("int8 {} {}: {} ({})".format(card.arch, name, "ACCEPTED" if ok else "REJECTED", row["verdict"]))
     w, h = reference.input_size
-    # The graph's activation ranges travel with the record, so a machine without the calibration
-    # images rebuilds this very graph (engine.quantize.int8_onnx); already cached by the candidates.
-    graph = int8_onnx(ArtifactCache(cache_dir, "onnx"), source, (w, h),
-                      Int8Request(calibration, limit=calibration_limit, settings=settings),
-                      resize_policy=card.resize_policy or "stretch")
     return {
         "accepted": bool(checked),
         "backends": checked,
@@ -186,7 +181,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "quantization": settings.to_dict(),
         "calibration": "{} ({} frames)".format(Path(str(calibration)).name, calibration_limit),
         "calibration_digest": record_settings["calibration_digest"],
-        "activation_qparams": activation_qparams(graph),
+        "activation_qparams": _graph_qparams(source, (w, h), calibration, calibration_limit, settings, cache_dir),
         "validation": "{} ({} frames, labels {})".format(Path(str(val_images)).name, len(pairs),
                                                           Path(str(val_labels)).name if val_labels else "annot"),
         "val_frames": len(pairs),
@@ -343,6 +338,17 @@ def record_int8(weights: PathLike, record: Dict[str, Any]) -> Path:
     return record_precision(weights, "int8", merge_int8_record(existing, record))
 
 
+def _graph_qparams(source, size: Tuple[int, int], calibration: PathLike, calibration_limit: int,
+                   settings: QuantSettings, cache_dir: Optional[PathLike]) -> Dict[str, List[float]]:
+    """Activation scales / zero points of the int8 graph these images and settings make (as a record
+    keeps them, so a machine without the images rebuilds that very graph: engine.quantize.int8_onnx).
+    After a validation the graph is already in the cache (the candidates built it)."""
+    graph = int8_onnx(ArtifactCache(cache_dir, "onnx"), source, size,
+                      Int8Request(calibration, limit=calibration_limit, settings=settings),
+                      resize_policy=source.card.resize_policy or "stretch")
+    return activation_qparams(graph)
+
+
 def attach_activation_ranges(weights: PathLike, calibration: PathLike, calibration_limit: int = 32,
                              cache_dir: Optional[PathLike] = None) -> List[str]:
     """Add ``activation_qparams`` to the card's int8 records made with ``calibration`` (no validation).
@@ -355,6 +361,7 @@ def attach_activation_ranges(weights: PathLike, calibration: PathLike, calibrati
     Raises:
         ValueError: no accepted int8 record, or none made with these calibration images.
     """
+    from ..engine import parse_size
     from ..engine.calib import calibration_digest
     from ..engine.source import load_source
     from ..weights import resolve_weights
@@ -371,12 +378,9 @@ def attach_activation_ranges(weights: PathLike, calibration: PathLike, calibrati
         rec = {k: v for k, v in rec.items() if k != "by_cpu_class"}
         if rec.get("accepted") and rec.get("calibration_digest") == digest and rec.get("weights_digest") == tensors \
                 and rec.get("graph_format", GRAPH_FORMAT) == GRAPH_FORMAT:
-            w, h = (int(v) for v in str(rec.get("val_size") or "x".join(map(str, card.input_size))).split("x"))
-            graph = int8_onnx(ArtifactCache(cache_dir, "onnx"), source, (w, h),
-                              Int8Request(calibration, limit=calibration_limit,
-                                          settings=QuantSettings.from_dict(rec.get("quantization"))),
-                              resize_policy=card.resize_policy or "stretch")
-            rec["activation_qparams"] = activation_qparams(graph)
+            rec["activation_qparams"] = _graph_qparams(source, parse_size(rec.get("val_size") or card.input_size),
+                                                       calibration, calibration_limit,
+                                                       QuantSettings.from_dict(rec.get("quantization")), cache_dir)
             done.append(rec.get("cpu_int8_class", "vnni"))
         updated.append(rec)
     if not done:
