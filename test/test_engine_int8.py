@@ -16,6 +16,7 @@ from enet_seg_ros.data.labels import get_label_spec
 from enet_seg_ros.engine import Segmenter
 from enet_seg_ros.engine.backends.base import BackendUnavailable
 from enet_seg_ros.engine.cache import GRAPH_FORMAT, ArtifactCache
+from enet_seg_ros.engine.cpu import cpu_int8_class
 from enet_seg_ros.engine.quantize import (Int8Request, QuantSettings, activation_qparams, int8_onnx, qdq_summary,
                                          tensor_digest)
 from enet_seg_ros.engine.source import load_source
@@ -134,7 +135,7 @@ def test_precision_auto_picks_a_validated_record_else_fp32(camvid_root, tmp_path
     # The torch backend has no int8 record: auto stays at its default there.
     assert Segmenter(weights, backend="torch", strict=True, warmup=0).precision == "fp32"
     # Without the cached graph and calibration images, the record's activation ranges rebuild the
-    # graph (test_int8_ranges.py); a record without them is skipped and fp32 runs.
+    # graph (the tests at the end of this file); a record without them is skipped and fp32 runs.
     assert len(record["activation_qparams"]) > 50
     seg = Segmenter(weights, backend="onnxruntime", strict=True, cache_dir=tmp_path / "empty", warmup=0)
     assert seg.precision == "int8", seg.selection_reason
@@ -532,8 +533,6 @@ def test_ranges_that_do_not_cover_the_graph_are_refused(tmp_path, calib_dir):
 
 def test_attach_ranges_lets_a_machine_without_the_images_run_the_recorded_int8(tmp_path, calib_dir, capsys):
     source = load_source(_weights(tmp_path / "w"))
-    from enet_seg_ros.engine.cpu import cpu_int8_class
-
     weights = tmp_path / "enet_small.safetensors"
     save_model(weights, source.model, source.card)
     request = Int8Request(calib_dir, limit=4)
