@@ -1,5 +1,5 @@
 """The documentation's commands are the interface users copy: every ``enet-seg`` flag, launch
-argument and node parameter that README.md, models/README.md, checkpoints/README.md,
+argument, node parameter and benchmark-script flag that README.md, models/README.md, checkpoints/README.md,
 demo/README.md and BENCHMARKS.md show must exist, and the README's tables must list every
 sub-command and every ``seg_node`` parameter."""
 from __future__ import annotations
@@ -57,6 +57,34 @@ def test_enet_seg_commands_in_the_docs_use_real_sub_commands_and_flags():
         seen += 1
         wrong += ["{}: enet-seg {}: no flag {}".format(doc, sub, f) for f in _flags(rest) if f not in options]
     assert seen > 40  # the docs do show the tool; a broken pattern would find nothing
+    assert not wrong, "\n".join(wrong)
+
+
+def _script_flags(script: Path) -> Set[str]:
+    """The flags a benchmark script takes: its own (argparse "--flag", shell case branches), those
+    of the Python script a shell script hands over to, and of the ``enet-seg bench`` mode it runs."""
+    source = script.read_text()
+    flags = set(re.findall(r'"(--[a-z][a-z0-9-]*)"', source)) | set(re.findall(r"(--[a-z][a-z0-9-]*)(?:\)|\|)", source))
+    sibling = script.with_suffix(".py")
+    if script.suffix == ".sh" and sibling.is_file():
+        flags |= _script_flags(sibling)
+    for mode in re.findall(r'main\(\["bench", "(\w+)"\]', source):
+        bench = _subparsers(build_parser())["bench"]
+        flags |= set(bench._option_string_actions) | set(_subparsers(bench)[mode]._option_string_actions)
+    return flags
+
+
+def test_benchmark_script_commands_in_the_docs_use_their_flags():
+    seen, wrong = 0, []
+    for doc, (name, rest) in _commands(r"benchmarks/(\w+\.(?:py|sh))" + _TAIL):
+        script = REPO / "benchmarks" / name
+        if not script.is_file():
+            wrong.append("{}: no script benchmarks/{}".format(doc, name))
+            continue
+        declared = _script_flags(script)
+        seen += 1
+        wrong += ["{}: benchmarks/{} has no flag {}".format(doc, name, f) for f in _flags(rest) if f not in declared]
+    assert seen >= 10
     assert not wrong, "\n".join(wrong)
 
 
@@ -121,15 +149,20 @@ def test_readme_tables_list_every_sub_command_and_seg_node_parameter():
         sorted(documented - declared), sorted(declared - documented))
 
 
-@pytest.mark.parametrize("pattern", [r"enet-seg bench qos --nope", r"ros2 launch enet_seg_ros seg.launch.py nope:=1"])
-def test_the_checks_catch_a_wrong_command(tmp_path, monkeypatch, pattern):
+@pytest.mark.parametrize("line, check", [
+    ("enet-seg bench qos --nope", "test_enet_seg_commands_in_the_docs_use_real_sub_commands_and_flags"),
+    ("ros2 launch enet_seg_ros seg.launch.py nope:=1", "test_launch_commands_in_the_docs_use_declared_arguments"),
+    ("python3 benchmarks/ship_run.py runs/x --nope", "test_benchmark_script_commands_in_the_docs_use_their_flags"),
+])
+def test_the_checks_catch_a_wrong_command(tmp_path, monkeypatch, line, check):
+    # Enough right commands of each kind to pass the "found some" floors, and one wrong one.
+    right = (["enet-seg info W{}".format(i) for i in range(41)] + ["ros2 launch enet_seg_ros seg.launch.py"] * 5
+             + ["bash benchmarks/gpu_run.sh --out x"] * 10)
     doc = tmp_path / "README.md"
-    doc.write_text("    " + pattern + "\n" + "\n".join("enet-seg info W{}".format(i) for i in range(41)) + "\n"
-                   + "\n".join("ros2 launch enet_seg_ros seg.launch.py" for _ in range(5)) + "\n")
-    (tmp_path / "launch").symlink_to(REPO / "launch")
+    doc.write_text("    " + line + "\n" + "\n".join(right) + "\n")
+    for folder in ("launch", "benchmarks"):
+        (tmp_path / folder).symlink_to(REPO / folder)
     monkeypatch.setattr("test_docs.DOCS", [doc])
     monkeypatch.setattr("test_docs.REPO", tmp_path)
-    check = (test_enet_seg_commands_in_the_docs_use_real_sub_commands_and_flags if "enet-seg" in pattern
-             else test_launch_commands_in_the_docs_use_declared_arguments)
     with pytest.raises(AssertionError, match="nope"):
-        check()
+        globals()[check]()
