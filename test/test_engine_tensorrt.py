@@ -310,3 +310,46 @@ def test_the_quantisers_network_graph_is_what_the_tensorrt_int8_build_accepts(tm
     assert len(check_qdq_onnx(path, (64, 48))) == 64
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+# The operators the networks' graphs use, each supported by TensorRT's ONNX parser (onnx-tensorrt
+# docs/operators.md, TensorRT 8.4 to 10.x); a new operator must be checked there before it joins.
+TENSORRT_ONNX_OPS = {"Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "ConstantOfShape",
+                     "Conv", "ConvTranspose", "DepthToSpace", "Equal", "Gather", "Identity", "MaxPool", "Mul", "Not", "Pad",
+                     "PRelu", "Relu", "Reshape", "Shape", "Slice", "Transpose", "Unsqueeze"}
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ["enet", "espnet", "erfnet"])
+def test_network_graphs_use_only_what_the_tensorrt_onnx_parser_takes(arch, half):
+    """The graph the TensorRT backend builds from (``network`` flavour, the shipped 480x360): its
+    operators and the parser's restrictions on them (weights and axes as initializers, no pooling
+    indices, 2D pooling and convolutions)."""
+    import onnx
+
+    from enet_seg_ros.data.labels import get_label_spec
+    from enet_seg_ros.engine.export import export_onnx_bytes
+    from enet_seg_ros.engine.source import load_source
+    from enet_seg_ros.nets import build_model
+    from enet_seg_ros.weights import ModelCard
+
+    card = ModelCard.for_dataset(arch, get_label_spec("camvid"), [480, 360])
+    source = load_source((build_model(arch, 11), card))
+    proto = onnx.load_from_string(export_onnx_bytes(source, (480, 360), flavour="network", half=half))
+    ops = {n.op_type for n in proto.graph.node}
+    assert ops <= TENSORRT_ONNX_OPS, "not checked against TensorRT's parser: {}".format(sorted(ops - TENSORRT_ONNX_OPS))
+    constants = {i.name for i in proto.graph.initializer} | {o for n in proto.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
+    for n in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type in ("Conv", "ConvTranspose"):
+            assert n.input[1] in constants, "{}: weights must be an initializer".format(n.name)
+            assert len(attrs.get("kernel_shape", [1, 1])) == 2
+        elif n.op_type in ("MaxPool", "AveragePool"):
+            assert len(n.output) == 1 and len(attrs["kernel_shape"]) == 2  # no Indices output
+        elif n.op_type == "Slice" and len(n.input) > 3:
+            assert n.input[3] in constants, "{}: Slice axes must be an initializer".format(n.name)
+        elif n.op_type == "Unsqueeze":
+            assert n.input[1] in constants
+        elif n.op_type == "Pad":
+            assert attrs.get("mode", b"constant") == b"constant"
