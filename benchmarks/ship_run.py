@@ -147,7 +147,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("{}: no such run folder".format(args.run))
     problems, card = run_problems(args.run)
     arch = card.arch if card is not None else _config_arch(args.run)
-    candidate = calibrated(args.run, args.data_root, args.threads) if not problems else args.run / CALIBRATED
+    try:
+        candidate = calibrated(args.run, args.data_root, args.threads) if not problems else args.run / CALIBRATED
+    except (FileNotFoundError, ValueError) as exc:  # no CamVid there, another dataset's weights
+        p.error("cannot fit the logit offsets: {}".format(exc))
     decision = judge(arch, candidate, args.models, problems)
     print_decisions([decision])
     if args.apply:

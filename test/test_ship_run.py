@@ -123,7 +123,12 @@ def test_run_is_refused(tmp_path, models, capsys, case, why):
     assert (models / SHIPPED.name).read_bytes() == before
 
 
-def test_missing_run_is_a_clear_error(tmp_path, capsys):
+def test_missing_run_or_data_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _tool().main([str(tmp_path / "nope")])
     assert "no such run folder" in capsys.readouterr().err
+    run = _run(tmp_path)  # finished, but no CamVid where it is told to look
+    with pytest.raises(SystemExit):
+        _tool().main([str(run), "--data-root", str(tmp_path / "no-data")])
+    assert "cannot fit the logit offsets" in capsys.readouterr().err
+    assert not (run / "calibrated.safetensors").exists()
