@@ -70,8 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(_load(args._module).run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        # Expected user-facing failures (bad paths, corrupt files, bad sizes): one clear line.
+    except (OSError, ValueError, RuntimeError) as exc:
+        # Expected user-facing failures (bad or unwritable paths, corrupt files, bad sizes): one
+        # clear line.
         print("enet-seg {}: error: {}".format(args.command, exc), file=sys.stderr)
         return 2
 

@@ -198,7 +198,10 @@ def save_model(path: PathLike, model, card: ModelCard, write_card_json: bool = T
         LOG.info("%s: %d negligible weights (below %.1e) written as zero", path, flushed, NEGLIGIBLE_WEIGHT)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={CARD_KEY: card.to_json()})
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written weights file
+    try:
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written weights file
+    finally:
+        tmp.unlink(missing_ok=True)
     if write_card_json:
         card_path = path.with_name(path.stem + ".card.json")
         card_path.write_text(json.dumps(json.loads(card.to_json()), indent=2, sort_keys=True) + "\n")
@@ -329,6 +332,8 @@ def resolve_weights(spec: Optional[PathLike]) -> Path:
     path = Path(spec)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise WeightsError("{}: is a folder, not a weights file".format(path))
     text = str(spec)
     if "/" in text or "\\" in text:
         raise WeightsError("{}: weights file not found".format(path))

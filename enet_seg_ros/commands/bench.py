@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+from .common_args import count_arg, output_file
 
 ARCHS = ("enet", "erfnet", "espnet")
 
@@ -32,15 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="640x360", help="WxH[,WxH...] network input sizes")
     p.add_argument("--runs", type=int, default=30, help="timed runs per configuration (median / p90)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
+    p.add_argument("--threads", type=count_arg(1), default=None, help="CPU threads (torch and ONNX Runtime)")
     p.add_argument("--device", default=None, help="restrict backends to cpu or cuda")
     p.add_argument("--calib", default=None, metavar="DIR", help="calibration images for int8 modes")
     p.add_argument("--agreement", default=None, metavar="DIR",
                    help="images (e.g. CamVid val) on which to measure label agreement with fp32 eager")
     p.add_argument("--agreement-limit", type=int, default=101, help="at most this many agreement images")
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
-    p.add_argument("--markdown", default=None, metavar="OUT", help="write the table as Markdown")
+    p.add_argument("--json", default=None, type=output_file(), metavar="OUT", help="write the report as JSON")
+    p.add_argument("--markdown", default=None, type=output_file(), metavar="OUT", help="write the table as Markdown")
     p.add_argument("--strict", action="store_true",
                    help="a named --backend (not all) that cannot start on --device is an error (exit 2) naming it "
                         "and why; checked before timing, and again after (no result for it at any precision)")
@@ -65,11 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--bag", type=Path, default=None, help="... or a bag made by enet-seg make-bag")
     e.add_argument("--weights", required=True)
     e.add_argument("--backend", default="auto")
-    e.add_argument("--threads", type=int, default=None, help="backend CPU threads")
-    e.add_argument("--workers", type=int, default=2, help="decode threads")
+    e.add_argument("--threads", type=count_arg(1), default=None, help="backend CPU threads")
+    e.add_argument("--workers", type=count_arg(1), default=2, help="decode threads")
     e.add_argument("--rounds", type=int, default=3)
     for other in (q, n, m, e):
-        other.add_argument("--json", default=None, metavar="OUT", help="also write the results to this file")
+        other.add_argument("--json", default=None, type=output_file(), metavar="OUT", help="also write the results to this file")
 
 
 def _split(value: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .common_args import count_arg, output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split scored once after the fit and written into the card (default val; 'none' skips)")
     p.add_argument("--stride", type=int, default=3, metavar="N",
                    help="use every N-th pixel in each axis (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=count_arg(1), default=None, help="CPU threads")
     p.add_argument("--device", default="cpu", help="where the network runs: cpu (default), cuda, cuda:N")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="calibrated weights to write")
+    p.add_argument("--out", required=True, type=output_file(".safetensors"), metavar="FILE.safetensors",
+                   help="calibrated weights to write")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--stride must be >= 1, got {}".format(args.stride))
     if args.split == args.score_split:
         raise ValueError("--split and --score-split are both {!r}: the score would not be honest".format(args.split))
-    summary = calibrate_weights(args.weights, args.data_root, args.out, dataset=args.dataset, split=args.split,
+    summary = calibrate_weights(args.weights, args.data_root, str(args.out), dataset=args.dataset, split=args.split,
                                 stride=args.stride, threads=args.threads, device=args.device,
                                 score_split=None if args.score_split == "none" else args.score_split)
     print(json.dumps(summary, indent=1))

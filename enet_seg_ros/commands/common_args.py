@@ -24,7 +24,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=backend_choices(), help="inference backend")
     parser.add_argument("--device", default=None, help="backend device (e.g. cpu, cuda:0)")
     parser.add_argument("--size", default=None, metavar="WxH", help="network input size (default: the model card's)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=count_arg(1), default=None, metavar="N",
                         help="CPU threads for the backend (default: one per core)")
     add_strict_argument(parser)
 
@@ -41,16 +41,67 @@ def add_report_arguments(parser: argparse.ArgumentParser, item: str) -> None:
 
     ``item`` names what a saved prediction is called after (``<stamp>`` or ``<name>``).
     """
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="report folder")
     parser.add_argument("--resize-gt", default=None, choices=("nearest",),
                         help="resize ground truth of another size to the frame (default: that is an error)")
     parser.add_argument("--save-predictions", action="store_true",
                         help="write {0}_labelIds.png and {0}_color.png per frame to OUT/predictions".format(item))
     parser.add_argument("--throughput", action="store_true",
                         help="also time bare inference on the same frames and record eval / bare fps")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+    parser.add_argument("--workers", type=count_arg(1), default=min(4, os.cpu_count() or 1), metavar="N",
                         help="threads decoding frames and ground truth ahead of the model (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def count_arg(minimum: int):
+    """argparse type of a whole number >= ``minimum`` (threads, workers, frames)."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected a whole number, got {!r}".format(text)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError("must be >= {}, got {}".format(minimum, value))
+        return value
+    check.__name__ = "count"
+    return check
+
+
+def _file_in_the_way(path: Path) -> Optional[Path]:
+    """The first existing ancestor of ``path`` that is not a folder (None when there is none)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output_dir(text: str) -> Path:
+    """argparse type of an output folder: refused at once if it, or a folder above it, is a file
+    (instead of failing after the work is done)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError("{} is a file, not a folder".format(text))
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError("cannot make folder {}: {} is a file".format(text, blocker))
+    return path
+
+
+def output_file(suffix: Optional[str] = None):
+    """argparse type of an output file (with ``suffix``, when given): refused at once if it is a
+    folder, if a folder above it is a file, or if its suffix is another."""
+    def check(text: str) -> Path:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError("{} is a folder, not a file".format(text))
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            raise argparse.ArgumentTypeError("cannot write {}: {} is a file, not a folder".format(text, blocker))
+        if suffix and path.suffix != suffix:
+            raise argparse.ArgumentTypeError("{} must end in {}".format(text, suffix))
+        return path
+    check.__name__ = "output file"
+    return check
 
 
 def lighting_arg(text: str) -> Tuple[str, float]:

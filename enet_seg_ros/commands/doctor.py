@@ -10,6 +10,7 @@ backend works, 1 when none does, 2 with ``--strict`` when an asked backend canno
 from __future__ import annotations
 
 import argparse
+from .common_args import output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="with --backend: exit 2 when an asked backend cannot run here (names it and why)")
     p.add_argument("--cache-dir", default=None, help="ONNX / engine cache (default $ENET_SEG_CACHE or ~/.cache)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    p.add_argument("--json", default=None, type=output_file(), metavar="FILE", help="write the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

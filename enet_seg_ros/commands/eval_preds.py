@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from .common_args import count_arg, output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,16 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, type=Path, metavar="DIR",
                         help="ground truth: gtFine (or gtFine/<split>) for Cityscapes, the label folder for CamVid")
     parser.add_argument("--dataset", default="cityscapes", choices=("cityscapes", "camvid"))
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="report folder")
     parser.add_argument("--pred-ids", default="auto", choices=("auto", "label", "train"),
                         help="Cityscapes ids in the prediction PNGs: label ids, train ids, or by name "
-                             "(*trainIds* = train ids, otherwise label ids) (default: auto)")
+                             "(*trainIds* and predict's *_labels.png = train ids, otherwise label ids) "
+                             "(default: auto)")
     parser.add_argument("--pred-glob", default="*.png", metavar="PATTERN",
                         help="prediction file pattern, searched recursively (default: *.png)")
     parser.add_argument("--no-instances", action="store_true", help="skip iIoU (do not read instance PNGs)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="score only ground-truth frames that have a prediction (default: error)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=count_arg(1), default=min(4, os.cpu_count() or 1),
                         help="threads decoding PNGs (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .common_args import output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "argmax inside, the model card in the metadata); network = float NCHW 'input' "
                         "(normalised) in, 'logits' out")
     p.add_argument("--confidence", action="store_true", help="full graph: add a 'confidence' output")
-    p.add_argument("--out", required=True, help="output path (.onnx or .engine)")
+    p.add_argument("--out", required=True, type=output_file(), help="output path (.onnx or .engine)")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags the chosen format / precision / graph would silently ignore (ValueError)."""
+    onnx = args.format == "onnx"
+    int8 = args.precision == "int8"
+    wrong = []
+    if args.calib and not int8:
+        wrong.append("--calib is read only with --precision int8")
+    if args.qdq and not (int8 and not onnx):
+        wrong.append("--qdq is read only with --format tensorrt --precision int8")
+    if onnx and args.builder != "onnx":
+        wrong.append("--builder is a TensorRT setting (--format tensorrt)")
+    if not onnx and args.graph != "full":
+        wrong.append("--graph is an ONNX setting (the TensorRT engine is always the network graph)")
+    if args.confidence and (not onnx or args.graph != "full"):
+        wrong.append("--confidence adds an output to the full ONNX graph only (--format onnx --graph full)")
+    if wrong:
+        raise ValueError("; ".join(wrong))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import parse_size
     from ..engine.source import load_source
 
+    check_flags(args)
     source = load_source(args.weights)
     size = parse_size(args.size) if args.size else parse_size(source.card.input_size)
     out = Path(args.out)
@@ -68,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             tmp = out.with_name(out.name + ".tmp")
             tmp.write_bytes(data)
-            tmp.replace(out)
+            try:
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
     else:
         from ..engine.backends.tensorrt_backend import ENGINE_SUFFIX, TensorRTBackend, tensorrt_status
 

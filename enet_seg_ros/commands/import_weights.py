@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .common_args import output_file
 
 SOURCES = ("espnet-reference",)
 
@@ -13,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"],
                    help="dataset the checkpoint was trained on (sets classes and preprocessing)")
     p.add_argument("checkpoint", metavar="CKPT", help="published checkpoint (.pth state dict)")
-    p.add_argument("--out", required=True, help="output weights file (.safetensors)")
+    p.add_argument("--out", required=True, type=output_file(".safetensors"), help="output weights file (.safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,8 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from ..nets.espnet_reference import load_reference, make_card
     from ..weights import flush_negligible, load_model, save_model
 
-    if not str(args.out).endswith(".safetensors"):
-        raise ValueError("--out must end with .safetensors, got {}".format(args.out))
     model, info = load_reference(args.checkpoint)
     card = make_card(info, args.dataset, args.checkpoint)
     path = save_model(args.out, model, card)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..engine.registry import backend_choices
-from .common_args import add_strict_argument
+from .common_args import add_strict_argument, output_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,9 +17,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default=None, help="network input WxH (default: the card's)")
     p.add_argument("--resize-policy", default=None, choices=("stretch", "letterbox", "center_crop"),
                    help="how frames are fitted to the network input (default: the card's)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour labels")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity of the colour labels (0..1)")
+    p.add_argument("--out", required=True, type=output_dir, help="output folder")
     add_strict_argument(p)
+
+
+def _alpha(text: str) -> float:
+    """argparse type of ``--alpha``: a number in [0, 1], checked before the model loads."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number in [0, 1], got {!r}".format(text))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be in [0, 1], got {}".format(value))
+    return value
+
+
+def unique_stem(stem: str, taken: set) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``... : the first name not in ``taken`` (which it joins), so
+    images of the same name from different folders never overwrite each other's outputs."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = "{}_{}".format(stem, n)
+    taken.add(name)
+    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,19 +90,20 @@ def _predict_one(seg, path, out, stems: set, to_id, alpha: float) -> None:
     """Segment one file and write its PNGs; FileNotFoundError / ValueError name the file."""
     import cv2
 
+    from ..evaluate.cityscapes import PREDICTION_CLASS_IDS_SUFFIX, PREDICTION_LABEL_IDS_SUFFIX
+
     if not path.is_file():
         raise FileNotFoundError("{}: image not found".format(path))
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("{}: not a readable image".format(path))
-    stem = path.stem if path.stem not in stems else "{}_{}".format(path.stem, len(stems))
-    stems.add(stem)
+    stem = unique_stem(path.stem, stems)
     result = seg.segment(bgr, channel_order="bgr")
-    _write(out / (stem + "_labels.png"), result.labels)
+    _write(out / (stem + PREDICTION_CLASS_IDS_SUFFIX), result.labels)
     _write(out / (stem + "_color.png"), cv2.cvtColor(result.color(), cv2.COLOR_RGB2BGR))
     _write(out / (stem + "_overlay.png"), result.overlay(bgr, alpha, channel_order="bgr"))
     if to_id is not None:
-        _write(out / (stem + "_labelIds.png"), to_id[result.labels])
+        _write(out / (stem + PREDICTION_LABEL_IDS_SUFFIX), to_id[result.labels])
     top = sorted(result.class_stats().items(), key=lambda kv: -kv[1]["fraction"])[:3]
     print("{}: {}x{} -> {} ({})".format(path.name, bgr.shape[1], bgr.shape[0], out / (stem + "_*.png"),
                                        ", ".join("{} {:.0%}".format(k, v["fraction"]) for k, v in top)))

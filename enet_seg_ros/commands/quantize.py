@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from .common_args import count_arg, output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register the quantize flags."""
     p.add_argument("weights", help="weights file (.safetensors with model card) or shipped model name")
     p.add_argument("--calib", required=True, metavar="DIR", help="calibration images (e.g. CamVid train)")
-    p.add_argument("--calib-frames", type=int, default=32, metavar="N",
+    p.add_argument("--calib-frames", type=count_arg(1), default=32, metavar="N",
                    help="calibration images used, evenly spread over the folder (default 32)")
     p.add_argument("--size", default=None, metavar="WxH[,WxH]",
                    help="network input sizes to build (default: the card's); validation uses the first")
@@ -38,9 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no new graph or validation: store the activation ranges of the card's accepted int8 "
                         "records calibrated on --calib in those records, so machines without the images can "
                         "rebuild the validated graphs (records made with --record have them already)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=count_arg(1), default=None, help="CPU threads")
     p.add_argument("--cache-dir", default=None, help="artefact cache (default $ENET_SEG_CACHE or ~/.cache)")
-    p.add_argument("--out", default=None, metavar="FILE.onnx", help="also copy the int8 graph (first size) here")
+    p.add_argument("--out", default=None, type=output_file(), metavar="FILE.onnx",
+                   help="also copy the int8 graph (first size) here")
 
 
 def run(args: argparse.Namespace) -> int:

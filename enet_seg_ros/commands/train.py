@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import List
+from .common_args import output_dir
 
 ARCHS = ("enet", "erfnet", "espnet")
 
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="enet, erfnet or espnet; several comma-separated train one after another into OUT/<arch>")
     p.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"])
     p.add_argument("--data-root", required=True, help="dataset root (CamVid SegNet layout or Cityscapes)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, best weights); OUT/<arch> "
+    p.add_argument("--out", required=True, type=lambda text: str(output_dir(text)), help="run directory (checkpoints, logs, best weights); OUT/<arch> "
                    "for each of several archs")
     p.add_argument("--size", type=_size, default=(480, 360), help="model input size WxH (default 480x360)")
     p.add_argument("--crop", type=_size, default=None, help="training crop WxH (default: --size)")

@@ -31,12 +31,12 @@ def check_lighting(kind: str, factor: float) -> Tuple[str, float]:
     if kind not in LIGHTING_KINDS:
         raise ValueError("lighting kind must be one of {}, got {!r}".format(", ".join(LIGHTING_KINDS), kind))
     try:
-        factor = float(factor)
+        value = float(factor)
     except (TypeError, ValueError):
-        factor = float("nan")
-    if not np.isfinite(factor) or factor < 0:
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
         raise ValueError("lighting factor must be a finite number >= 0, got {!r}".format(factor))
-    return kind, factor
+    return kind, value
 
 
 def shift_lighting(image: np.ndarray, kind: str, factor: float, channel_order: str = "rgb") -> np.ndarray:

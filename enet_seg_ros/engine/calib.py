@@ -18,6 +18,8 @@ PathLike = Union[str, os.PathLike]
 def calibration_files(folder: PathLike, limit: int = 32) -> List[Path]:
     """Up to ``limit`` image files of ``folder`` (recursively), evenly spread over the sorted list."""
     root = Path(folder)
+    if limit < 1:
+        raise ValueError("the number of calibration frames must be >= 1, got {}".format(limit))
     if not root.is_dir():
         raise FileNotFoundError("{}: calibration folder not found".format(root))
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

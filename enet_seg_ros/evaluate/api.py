@@ -150,6 +150,8 @@ def evaluate_bag(bag_path: PathLike, out: PathLike, model: ModelOptions = ModelO
         inst_topic = None
         if not use_index:
             gt_topic = bag.require(gt_topic or DEFAULT_GT_TOPIC, (IMAGE_TYPE,), "ground-truth topic").topic
+            if gt_topic == image.topic:
+                raise ValueError("{} is given as both the image and the ground-truth topic".format(gt_topic))
             if instances_topic and with_instances:
                 inst_topic = bag.require(instances_topic, (IMAGE_TYPE,), "instance topic").topic
             elif with_instances and DEFAULT_INSTANCES_TOPIC in bag.topics:

@@ -391,13 +391,17 @@ def _key_of(stem: str, keys: set) -> Optional[str]:
 
 
 _TRAIN_ID_NAME = re.compile(r"train_?ids?", re.IGNORECASE)
+# What ``enet-seg predict`` writes per image: the network's class ids (train ids for a
+# Cityscapes model) and, for Cityscapes models, the official label ids.
+PREDICTION_CLASS_IDS_SUFFIX = "_labels.png"
+PREDICTION_LABEL_IDS_SUFFIX = "_labelIds.png"
 
 
 def prediction_uses_label_ids(path: Path, mode: str = "auto") -> bool:
     """Whether a prediction file holds label ids (``mode`` ``label``) or train ids (``train``).
 
-    ``auto`` decides by name: ``*trainIds*`` means train ids; anything else (``*_labelIds.png``,
-    the official submission format) label ids.
+    ``auto`` decides by name: ``*trainIds*`` and ``enet-seg predict``'s ``*_labels.png`` mean
+    train ids; anything else (``*_labelIds.png``, the official submission format) label ids.
     """
     if mode == "label":
         return True
@@ -405,7 +409,8 @@ def prediction_uses_label_ids(path: Path, mode: str = "auto") -> bool:
         return False
     if mode != "auto":
         raise ValueError("prediction id mode must be auto, label or train, got {!r}".format(mode))
-    return _TRAIN_ID_NAME.search(Path(path).name) is None
+    name = Path(path).name
+    return _TRAIN_ID_NAME.search(name) is None and not name.endswith(PREDICTION_CLASS_IDS_SUFFIX)
 
 
 def read_label_png(path: Path, what: str = "label image") -> np.ndarray:

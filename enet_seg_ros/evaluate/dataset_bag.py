@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from ..io.bags import BagWriter
+from ..io.bags import HEADER_STAMP_LIMIT_NS, BagWriter
 from ..io.topics import COMPRESSED_IMAGE_TOPIC, IMAGE_TOPIC, INSTANCES_TOPIC, LABELS_TOPIC
 from .folders import find_labelled_frames, read_instance_ids, read_label_ids, read_rgb
 
@@ -52,6 +52,11 @@ def write_dataset_bag(dataset: str, images: Union[str, Path], labels: Union[str,
         LOG.warning("%d label files match no image and are not written, e.g. %s", len(orphans), orphans[0])
     start = start_ns if start_ns is not None else int(time.time()) * 1_000_000_000
     period_ns = 1e9 / rate_hz
+    last = start + int(round(max(len(frames) - 1, 0) * period_ns))
+    if start < 0 or last >= HEADER_STAMP_LIMIT_NS:
+        # A ROS 2 header stamp holds whole seconds as int32: nothing before the epoch or after 2038.
+        raise ValueError("--start-ns {} gives stamps {} .. {} ns; every stamp must lie in [0, {}) ns (a ROS 2 "
+                         "header's int32 seconds)".format(start, start, last, HEADER_STAMP_LIMIT_NS))
     out = Path(out)
     bag = BagWriter(out, storage=storage)  # refuses an existing path: never overwrites
     try:

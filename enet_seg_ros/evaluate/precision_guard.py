@@ -141,10 +141,16 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
             calibration_limit=calibration_limit, size=list(size) if isinstance(size, (tuple, list)) else size,
             threads=threads, cache_dir=str(cache_dir) if cache_dir else None, max_drop_pt=max_drop_pt,
             min_agreement=min_agreement, frame_limit=frame_limit), isa, progress)
-    from ..engine.calib import calibration_digest
+    from ..engine.calib import calibration_digest, calibration_files
 
     say, source, card, pairs, common, reference = _guard_setup(weights, source, val_images, val_labels, frame_limit,
                                                                size, threads, cache_dir, progress)
+    calib_files = calibration_files(calibration, calibration_limit)
+    shared = sorted({p.resolve() for p in calib_files} & {img.resolve() for img, _ in pairs})
+    if shared:
+        # Ranges fitted on the very frames that judge them would flatter the int8 graph.
+        raise ValueError("{} of the int8 calibration frames are also validation frames (e.g. {}): calibrate on "
+                         "training frames (--calib) and validate on others (--validate)".format(len(shared), shared[0]))
     record_settings = {"calibration_digest": calibration_digest(calibration, calibration_limit),
                        "quantization": settings.to_dict()}
     candidates, unavailable = _lossy_segmenters(source, backends, "int8", say, calibration=calibration,
@@ -179,7 +185,7 @@ def validate_int8(weights: PathLike, calibration: PathLike, val_images: PathLike
         "graph": "onnx-qdq",
         "graph_format": GRAPH_FORMAT,
         "quantization": settings.to_dict(),
-        "calibration": "{} ({} frames)".format(Path(str(calibration)).name, calibration_limit),
+        "calibration": "{} ({} frames)".format(Path(str(calibration)).name, len(calib_files)),
         "calibration_digest": record_settings["calibration_digest"],
         "activation_qparams": _graph_qparams(source, (w, h), calibration, calibration_limit, settings, cache_dir),
         "validation": "{} ({} frames, labels {})".format(Path(str(val_images)).name, len(pairs),

@@ -54,6 +54,10 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+# builtin_interfaces/Time keeps whole seconds in an int32: the first stamp it cannot hold.
+HEADER_STAMP_LIMIT_NS = 2 ** 31 * 1_000_000_000
+
+
 def format_stamp(stamp_ns: int) -> str:
     """``sec.nanosec`` text for messages (``1700000000.050000000``)."""
     return "{}.{:09d}".format(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000)

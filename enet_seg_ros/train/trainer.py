@@ -145,6 +145,21 @@ class TrainConfig:
             cfg.epoch_scales = tuple(float(v) for v in cfg.epoch_scales)
         if cfg.stages not in ("encoder", "decoder", "both"):
             raise ValueError("stages must be encoder, decoder or both")
+        # Counts that would otherwise train nothing, divide by zero or loop backwards.
+        at_least = {"--val-every": (cfg.val_every, 1), "--threads": (cfg.threads, 0),
+                    "--max-steps-per-epoch": (cfg.max_steps_per_epoch, 0), "--stop-after": (cfg.stop_after, 0)}
+        if cfg.stages != "encoder":
+            at_least["--epochs"] = (cfg.epochs, 1)
+        if cfg.stages != "decoder":
+            at_least["--encoder-epochs"] = (cfg.encoder_epochs, 1)
+        wrong = ["{} must be >= {}, got {}".format(flag, low, value) for flag, (value, low) in at_least.items()
+                 if value < low]
+        if cfg.lr is not None and not cfg.lr > 0:
+            wrong.append("--lr must be > 0, got {}".format(cfg.lr))
+        if not 0.0 <= cfg.color_jitter < 1.0:
+            wrong.append("--color-jitter must be in [0, 1), got {}".format(cfg.color_jitter))
+        if wrong:
+            raise ValueError("; ".join(wrong))
         if cfg.select not in SELECT:
             raise ValueError("select must be one of {}, got {!r}".format(", ".join(SELECT), cfg.select))
         if (cfg.select == "holdout") != (cfg.holdout > 0):
@@ -345,7 +360,11 @@ class Trainer:
         if cfg.no_dropout:
             log.info("--no-dropout: %d dropout modules set to p=0", _disable_dropout(model))
         if cfg.init:
-            init_model, _ = load_model(cfg.init)
+            init_model, init_card = load_model(cfg.init)
+            # ESPNet-C is ESPNet's encoder: its weights start an ESPNet; any other pair shares nothing.
+            if init_card.arch != cfg.arch and (init_card.arch, cfg.arch) != ("espnet_c", "espnet"):
+                raise ValueError("--init {} holds {} weights; they cannot start a {} network".format(
+                    cfg.init, init_card.arch, cfg.arch))
             state = init_model.state_dict()
             if state.pop("logit_offset", None) is not None:
                 # A decision rule fitted to the old weights; training moves them, so it is
@@ -357,6 +376,9 @@ class Trainer:
                 log.info("--init %s: %s widened: new input channels start at zero",
                          cfg.init, ", ".join(widened))
             missing, unexpected = model.load_state_dict(state, strict=False)
+            if len(unexpected) == len(state):
+                raise ValueError("--init {}: none of its {} tensors fits this {} network".format(
+                    cfg.init, len(state), cfg.arch))
             log.info("initialised from %s (%d missing, %d unexpected keys)", cfg.init, len(missing), len(unexpected))
         if cfg.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
