@@ -71,3 +71,14 @@ def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ENET_SEG_CACHE", str(path))
     monkeypatch.delenv(FAIL_ENV, raising=False)
     return path
+
+
+@pytest.fixture()
+def models(tmp_path: Path) -> Path:
+    """A models/ folder holding a copy of the shipped ENet (what the ship-rule tools replace)."""
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(REPO / "models" / "enet_camvid.safetensors", folder / "enet_camvid.safetensors")
+    return folder

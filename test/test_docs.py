@@ -74,16 +74,24 @@ def _script_flags(script: Path) -> Set[str]:
     return flags
 
 
-def test_benchmark_script_commands_in_the_docs_use_their_flags():
+def _unknown_names(pattern: str, folder: str, declared_of, used_in) -> Tuple[int, List[str]]:
+    """For each command matching ``pattern`` (groups: a file name in ``folder``, the rest of the
+    command): the names ``used_in(rest)`` that ``declared_of(file)`` lacks. Returns ``(commands
+    checked, problems)``."""
     seen, wrong = 0, []
-    for doc, (name, rest) in _commands(r"benchmarks/(\w+\.(?:py|sh))" + _TAIL):
-        script = REPO / "benchmarks" / name
-        if not script.is_file():
-            wrong.append("{}: no script benchmarks/{}".format(doc, name))
+    for doc, (name, rest) in _commands(pattern):
+        path = REPO / folder / name
+        if not path.is_file():
+            wrong.append("{}: no {}/{}".format(doc, folder, name))
             continue
-        declared = _script_flags(script)
+        declared = declared_of(path)
         seen += 1
-        wrong += ["{}: benchmarks/{} has no flag {}".format(doc, name, f) for f in _flags(rest) if f not in declared]
+        wrong += ["{}: {}/{} has no {!r}".format(doc, folder, name, n) for n in used_in(rest) if n not in declared]
+    return seen, wrong
+
+
+def test_benchmark_script_commands_in_the_docs_use_their_flags():
+    seen, wrong = _unknown_names(r"benchmarks/(\w+\.(?:py|sh))" + _TAIL, "benchmarks", _script_flags, _flags)
     assert seen >= 10
     assert not wrong, "\n".join(wrong)
 
@@ -96,16 +104,8 @@ def _launch_arguments(launch_file: Path) -> Set[str]:
 
 
 def test_launch_commands_in_the_docs_use_declared_arguments():
-    seen, wrong = 0, []
-    for doc, (name, rest) in _commands(r"ros2 launch enet_seg_ros ([\w.]+)" + _TAIL):
-        launch_file = REPO / "launch" / name
-        if not launch_file.is_file():
-            wrong.append("{}: no launch file {}".format(doc, name))
-            continue
-        declared = _launch_arguments(launch_file)
-        seen += 1
-        wrong += ["{}: {} has no argument {!r}".format(doc, name, a)
-                  for a in re.findall(r"(?<![\w/])(\w+):=", rest) if a not in declared]
+    seen, wrong = _unknown_names(r"ros2 launch enet_seg_ros ([\w.]+)" + _TAIL, "launch", _launch_arguments,
+                                 lambda rest: re.findall(r"(?<![\w/])(\w+):=", rest))
     assert seen >= 5
     assert not wrong, "\n".join(wrong)
 

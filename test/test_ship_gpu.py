@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -38,14 +37,6 @@ def _pack(root: Path, val_miou: float, input_size=None, smoke: bool = False, exi
     (pack / "summary.json").write_text(json.dumps({"train_exit_code": exit_code, "smoke": smoke}))
     (pack / "logs" / "env.txt").write_text('Sat Nov 28\n{"torch": "2.11", "gpu": "NVIDIA H200"}\n')
     return pack
-
-
-@pytest.fixture()
-def models(tmp_path: Path) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    shutil.copy(SHIPPED, folder / SHIPPED.name)
-    return folder
 
 
 def _decisions(capsys) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,14 +39,6 @@ def _run(root: Path, epoch: int = 299, **recipe) -> Path:
     card.precisions = {}
     save_model(run / "best.safetensors", model, card)
     return run
-
-
-@pytest.fixture()
-def models(tmp_path: Path) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    shutil.copy(SHIPPED, folder / SHIPPED.name)
-    return folder
 
 
 def _decision(capsys) -> dict:
