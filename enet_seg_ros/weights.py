@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,23 @@ PathLike = Union[str, os.PathLike]
 
 class WeightsError(ValueError):
     """A weights file is missing, corrupt or does not match its card."""
+
+
+# How frames are fitted to the network input, and how labels come back to the frame (the card's
+# resize_policy / label_upsampling; the engine implements them).
+RESIZE_POLICIES = ("stretch", "letterbox", "center_crop")
+LABEL_UPSAMPLINGS = ("nearest", "bilinear")
+# Labels are uint8 and 255 marks frame pixels the network did not see: at most 255 classes.
+UNKNOWN_LABEL = 255
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _finite(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values)
 
 
 @dataclass
@@ -64,16 +82,37 @@ class ModelCard:
     format: int = CARD_FORMAT
 
     def validate(self) -> None:
-        """Raise :class:`WeightsError` if the card is inconsistent."""
+        """Raise :class:`WeightsError` if the card is inconsistent (checked when it is written
+        and read, so a bad card fails where it is made, not in a robot's camera callback)."""
+        from .nets import list_archs
+
+        if self.arch not in list_archs():
+            raise WeightsError("card arch must be one of {}, got {!r}".format(list_archs(), self.arch))
+        if not _whole(self.num_classes) or not 1 <= self.num_classes < UNKNOWN_LABEL:
+            raise WeightsError("card num_classes must be a whole number in 1..{}, got {!r}".format(
+                UNKNOWN_LABEL - 1, self.num_classes))
         if len(self.class_names) != self.num_classes:
             raise WeightsError("card has {} class names for {} classes".format(len(self.class_names), self.num_classes))
-        if len(self.palette) != self.num_classes or any(len(c) != 3 for c in self.palette):
-            raise WeightsError("card palette must have one RGB triple per class")
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise WeightsError("card input_size must be [width, height], got {}".format(self.input_size))
+        if (len(self.palette) != self.num_classes or any(len(c) != 3 for c in self.palette)
+                or not all(_whole(v) and 0 <= v <= 255 for c in self.palette for v in c)):
+            raise WeightsError("card palette must have one RGB triple of 0..255 per class")
+        if len(self.input_size) != 2 or not all(_whole(v) and v >= 1 for v in self.input_size):
+            raise WeightsError("card input_size must be [width, height] whole numbers >= 1, got {}".format(
+                self.input_size))
         n = self.normalization
-        if n.channel_order not in ("rgb", "bgr") or len(n.mean) != 3 or len(n.std) != 3 or min(n.std) <= 0:
-            raise WeightsError("card normalization is invalid: {}".format(n))
+        if (not isinstance(n, Normalization) or n.channel_order not in ("rgb", "bgr") or len(n.mean) != 3
+                or len(n.std) != 3 or not _finite(list(n.mean) + list(n.std) + [n.scale]) or min(n.std) <= 0
+                or n.scale <= 0):
+            raise WeightsError("card normalization must be rgb/bgr with 3 finite means, 3 stds > 0 and a scale > 0, "
+                               "got {}".format(n))
+        if not isinstance(self.options, dict):
+            raise WeightsError("card options must be a mapping, got {!r}".format(self.options))
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise WeightsError("card resize_policy must be one of {}, got {!r}".format(RESIZE_POLICIES,
+                                                                                       self.resize_policy))
+        if self.label_upsampling not in LABEL_UPSAMPLINGS:
+            raise WeightsError("card label_upsampling must be one of {}, got {!r}".format(LABEL_UPSAMPLINGS,
+                                                                                          self.label_upsampling))
         if self.train_id_to_id is not None and len(self.train_id_to_id) != self.num_classes:
             raise WeightsError("card train_id_to_id must have one entry per class")
 
@@ -191,6 +230,7 @@ def save_model(path: PathLike, model, card: ModelCard, write_card_json: bool = T
 
     card.validate()
     path = Path(path)
+    check_model_matches_card(model, card, str(path))  # never write a file load_model would refuse
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     flushed = flush_negligible(state)
@@ -256,6 +296,19 @@ def load_model(path: PathLike, map_location: str = "cpu"):
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, card
+
+
+def check_model_matches_card(model, card: ModelCard, name: str) -> None:
+    """Raise :class:`WeightsError` unless ``model`` is the network ``card`` describes (its arch,
+    class count and options build a network with the same tensors): what :func:`load_model`
+    would find wrong when reading such a file back."""
+    from .nets import build_model
+
+    try:
+        expected = build_model(card.arch, card.num_classes, **card.options)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError("{}: card arch/options do not build a model: {}".format(name, exc)) from None
+    check_state_dict(expected, model.state_dict(), name)
 
 
 def check_state_dict(model, state: Dict[str, Any], name: str) -> None:

@@ -309,7 +309,8 @@ def test_result_colour_overlay_and_stats(small_weights, cache):
     frame = _frame()
     res = seg.segment(frame)
     color = res.color()
-    assert color is res.color(), "colour is computed once and cached"
+    assert res._colors() is res._colors(), "colour is computed once and cached"
+    assert color is not res.color() and np.array_equal(color, res.color()), "each caller gets its own copy"
     palette = np.asarray(seg.palette, np.uint8)
     np.testing.assert_array_equal(color, palette[res.labels])
     over = res.overlay(frame, 0.25)

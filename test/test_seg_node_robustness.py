@@ -57,7 +57,8 @@ MALFORMED = [
     ("zero size", dict(width=0, height=0, step=0, data=b""), "empty image (0x0)"),
     ("absurd size", dict(width=200000, height=100000, step=600000), "absurd image size 200000x100000"),
     ("step too short", dict(step=100), "step 100 is shorter than one row"),
-    ("odd-width yuv", dict(encoding="yuv422", width=319, step=638), "yuv422 needs an even width"),
+    ("odd-width yuv", dict(encoding="yuv422", width=319, step=638, data=bytes(638 * 240)),
+     "yuv422 needs an even width"),
 ]
 
 

@@ -10,6 +10,10 @@ import numpy as np
 def normalize(image: np.ndarray, channel_order: str, mean: Sequence[float], std: Sequence[float],
               scale: float = 1.0) -> np.ndarray:
     """RGB uint8 HxWx3 -> float32 3xHxW: ``(x[order] - mean) / std * scale``."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        # A float 0..1 or 16-bit frame would be normalised as if it were 0..255 without a word.
+        raise ValueError("normalize takes an HxWx3 uint8 image (0..255), got {}".format(
+            "{} {}".format(image.shape, image.dtype) if isinstance(image, np.ndarray) else type(image).__name__))
     if channel_order == "bgr":
         image = image[..., ::-1]
     elif channel_order != "rgb":

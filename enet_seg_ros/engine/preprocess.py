@@ -26,8 +26,10 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-POLICIES = ("stretch", "letterbox", "center_crop")
-UNKNOWN = 255  # label value for frame pixels the network did not see (center_crop borders)
+from ..weights import RESIZE_POLICIES, UNKNOWN_LABEL
+
+POLICIES = RESIZE_POLICIES  # the model card's resize_policy values
+UNKNOWN = UNKNOWN_LABEL  # label value for frame pixels the network did not see (center_crop borders)
 MAX_PIXELS = 1 << 28  # 268 M pixels (16384 x 16384): beyond this a frame is surely an error
 
 
@@ -137,12 +139,15 @@ class Preprocess:
         return check_channel_order(channel_order) != self.channel_order
 
     def to_model_input(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
-        """A checked HxWx3 uint8 frame resized / padded / cropped to the model (uint8, network channel order)."""
+        """An HxWx3 uint8 frame (checked: :func:`check_image`) resized / padded / cropped to the model
+        (uint8, network channel order)."""
+        check_image(image)
         geometry = plan((image.shape[1], image.shape[0]), self.input_size, self.resize_policy)
         return to_model_input(image, geometry, self.swap_rb(channel_order), self.fill)
 
     def normalize(self, model_image: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 in the network's channel order -> float32 3xHxW network input."""
+        check_image(np.ascontiguousarray(model_image), "model image")
         x = (model_image.astype(np.float32) - np.asarray(self.mean, np.float32)) * self.factor
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 

@@ -16,9 +16,10 @@ launch arguments, ``config/seg.yaml``) reads :func:`list_backends`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 from .backends.base import FAIL_ENV, Backend, BackendUnavailable, forced_failures
 
@@ -87,6 +88,22 @@ def list_backends() -> Tuple[str, ...]:
 def backend_choices() -> Tuple[str, ...]:
     """``("auto",) + list_backends()``: what a ``backend`` setting accepts."""
     return ("auto",) + list_backends()
+
+
+# Options create_backend reads itself; the rest go to the backend constructors.
+_CREATE_OPTIONS = ("fail_backends", "auto_probe", "validated")
+
+
+def backend_option_names() -> FrozenSet[str]:
+    """Every option some backend's constructor takes, plus :func:`create_backend`'s own: what its
+    ``**options`` may hold (backends ignore the options of others, so a misspelt one would
+    otherwise vanish without a word)."""
+    names = set(_CREATE_OPTIONS)
+    for name in list_backends():
+        for p in inspect.signature(get_backend(name).factory()).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("source", "input_size"):
+                names.add(p.name)
+    return frozenset(names)
 
 
 def get_backend(name: str) -> BackendEntry:
@@ -176,6 +193,10 @@ def create_backend(source, input_size, backend: str = "auto", device: Optional[s
     """
     if backend != "auto":
         get_backend(backend)  # unknown name: ValueError naming the choices
+    unknown = sorted(set(options) - backend_option_names())
+    if unknown:
+        raise ValueError("unknown backend option(s) {}; the backends take {}".format(
+            ", ".join(unknown), ", ".join(sorted(backend_option_names() - set(_CREATE_OPTIONS)))))
     candidates = [(n, d, False) for n, d in chain_for(backend, device)]
     if backend != "auto" and not strict:
         # An explicit choice that fails still leaves the camera running on the next best backend.

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .preprocess import UNKNOWN, Geometry
+from .preprocess import UNKNOWN, Geometry, check_channel_order
 
 
 def palette_lut(palette: Sequence[Sequence[int]]) -> np.ndarray:
@@ -47,7 +47,12 @@ class Result:
         return self.labels.shape
 
     def color(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB colour image of the labels (computed once, then cached)."""
+        """(H, W, 3) uint8 RGB colour image of the labels: the caller's own copy (drawing on it
+        changes no later :meth:`color` or :meth:`overlay`)."""
+        return self._colors().copy()
+
+    def _colors(self) -> np.ndarray:
+        """The colour image, computed once and cached (private: never handed out)."""
         if self._color is None:
             # One table lookup per pixel. cv2.applyColorMap with a user 256-entry table is a
             # plain vectorised LUT, ~6x faster than numpy fancy indexing at 640x360.
@@ -58,8 +63,10 @@ class Result:
     def overlay(self, image: np.ndarray, alpha: float = 0.5, channel_order: str = "rgb") -> np.ndarray:
         """Blend the colour labels over ``image`` (same H, W): ``(1 - alpha) * image + alpha * colour``.
 
-        ``channel_order`` is the image's; the result has the same order.
+        ``channel_order`` is the image's (``rgb`` or ``bgr``, any case, as in ``segment``); the
+        result has the same order.
         """
+        order = check_channel_order(channel_order)
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError("alpha must be in [0, 1], got {}".format(alpha))
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -69,8 +76,8 @@ class Result:
                              "segment with output='input' or resize the image".format(
                                  image.shape[1], image.shape[0], self.labels.shape[1], self.labels.shape[0],
                                  self.resolution))
-        color = self.color()
-        if channel_order == "bgr":
+        color = self._colors()
+        if order == "bgr":
             color = color[..., ::-1]
         return cv2.addWeighted(image, 1.0 - float(alpha), np.ascontiguousarray(color), float(alpha), 0.0)
 

@@ -14,6 +14,7 @@ from .result import Result, palette_lut
 from .registry import create_backend
 from .quantize import validated_precisions
 from .source import load_source
+from ..weights import LABEL_UPSAMPLINGS
 
 LOG = logging.getLogger(__name__)
 OUTPUT_RESOLUTIONS = ("input", "model")
@@ -123,13 +124,18 @@ class Segmenter:
                  **backend_options: Any) -> None:
         if precision not in PRECISIONS:
             raise ValueError("precision must be one of {}, got {!r}".format(PRECISIONS[1:], precision))
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ValueError("threads must be a whole number >= 1 (None: the backend's default), got {!r}".format(
+                threads))
+        self._closed = False
         self.source = load_source(weights)
         card = self.card = self.source.card
         self.input_size: Tuple[int, int] = parse_size(input_size if input_size is not None else card.input_size)
         self.resize_policy = resize_policy or card.resize_policy or "stretch"
         if self.resize_policy not in POLICIES:
             raise ValueError("unknown resize policy {!r}; expected one of {}".format(self.resize_policy, POLICIES))
-        if card.label_upsampling not in ("nearest", "bilinear"):
+        if card.label_upsampling not in LABEL_UPSAMPLINGS:
             raise ValueError("model card label_upsampling must be 'nearest' or 'bilinear', got {!r}".format(
                 card.label_upsampling))
         # Nearest-neighbour resize of labels (default) lets the graph return uint8 labels;
@@ -255,6 +261,8 @@ class Segmenter:
 
     def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this Segmenter was closed (its backend released); make a new one")
             return self._backend.infer(batch)
 
     def _result(self, outs: Dict[str, np.ndarray], i: int, geometry: Geometry, output: str) -> Result:
@@ -276,8 +284,10 @@ class Segmenter:
         return Result(labels, conf, geometry, output, self.card.class_names, self._lut)
 
     def close(self) -> None:
-        """Release the backend."""
-        self._backend.close()
+        """Release the backend; segmenting afterwards raises RuntimeError."""
+        with self._lock:
+            self._closed = True
+            self._backend.close()
 
     def __enter__(self) -> "Segmenter":
         return self

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from ..weights import ModelCard, load_model, resolve_weights
+from ..weights import ModelCard, check_model_matches_card, load_model, resolve_weights
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,6 +47,7 @@ def load_source(weights: Union[PathLike, Tuple[Any, ModelCard], ModelSource]) ->
     if isinstance(weights, tuple) and len(weights) == 2 and isinstance(weights[1], ModelCard):
         model, card = weights
         card.validate()
+        check_model_matches_card(model, card, "the (model, card) pair")
         return ModelSource(model.eval(), card, state_digest(model, card))
     if isinstance(weights, (str, os.PathLike)):
         path = resolve_weights(weights)  # a file, or a shipped model name

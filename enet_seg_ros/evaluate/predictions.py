@@ -31,6 +31,10 @@ def score_predictions(pred: Path, gt: Path, *, dataset: str = "cityscapes", pred
                       pred_glob: str = "*.png", with_instances: bool = True, skip_missing: bool = False,
                       workers: int = 4, progress: bool = True) -> Tuple[Any, List[Path], List[str]]:
     """Pair and score every prediction; returns ``(evaluator, unmatched prediction files, notes)``."""
+    if dataset not in ("cityscapes", "camvid"):
+        raise ValueError("dataset must be cityscapes or camvid, got {!r}".format(dataset))
+    if pred_ids not in ("auto", "label", "train"):
+        raise ValueError("pred_ids must be auto, label or train, got {!r}".format(pred_ids))
     if dataset == "cityscapes":
         pairs, evaluator, unmatched, notes = _plan_cityscapes(pred, gt, pred_ids, pred_glob, with_instances,
                                                               skip_missing)

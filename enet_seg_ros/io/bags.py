@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
-from .image_conv import RAW_ENCODINGS, compressed_to_color, raw_to_array, to_color
+from .image_conv import RAW_ENCODINGS, compressed_to_color, encode_compressed, raw_to_array, to_color
 from .topics import COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, IMAGE_TYPES, looks_like_gt
 
 LOG = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ class BagWriter:
         return conn
 
     def _header(self, stamp_ns: int, frame_id: str):
+        if not 0 <= int(stamp_ns) < HEADER_STAMP_LIMIT_NS:
+            raise ValueError("stamp {} ns does not fit a ROS 2 header (int32 seconds): it must lie in [0, {})".format(
+                stamp_ns, HEADER_STAMP_LIMIT_NS))
         t = self._ts.types
         stamp = t["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 1_000_000_000),
                                                  nanosec=int(stamp_ns % 1_000_000_000))
@@ -133,6 +136,9 @@ class BagWriter:
             raise ValueError("unsupported encoding {!r}".format(encoding))
         channels, depth = RAW_ENCODINGS[encoding]
         dtype = np.dtype("<u2") if depth == 2 else np.dtype(np.uint8)
+        if not isinstance(pixels, np.ndarray) or pixels.size == 0:
+            raise ValueError("{} image: expected a non-empty numpy array, got {}".format(
+                encoding, getattr(pixels, "shape", type(pixels).__name__)))
         ok = pixels.ndim == 2 if channels == 1 else (pixels.ndim == 3 and pixels.shape[2] == channels)
         if not ok or pixels.dtype.kind != "u" or pixels.dtype.itemsize != depth:
             raise ValueError("array {} {} does not match encoding {!r}".format(pixels.shape, pixels.dtype, encoding))
@@ -150,18 +156,9 @@ class BagWriter:
     def write_compressed(self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str = DEFAULT_FRAME_ID,
                          fmt: str = "jpeg", quality: int = 95) -> None:
         """Write an RGB frame as a ``CompressedImage`` the way image_transport does (BGR data)."""
-        import cv2
-
-        if fmt not in ("jpeg", "png"):
-            raise ValueError("compressed format must be 'jpeg' or 'png', got {!r}".format(fmt))
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
-        ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png",
-                                   np.ascontiguousarray(rgb[:, :, ::-1]), params)
-        if not ok:
-            raise BagError("OpenCV could not encode a {} frame for {}".format(fmt, topic))
+        data, fmt_text = encode_compressed(rgb, "rgb", fmt, quality)
         msg = self._ts.types[COMPRESSED_TYPE](
-            header=self._header(stamp_ns, frame_id), format="rgb8; {} compressed bgr8".format(fmt),
-            data=np.asarray(encoded, dtype=np.uint8).reshape(-1))
+            header=self._header(stamp_ns, frame_id), format=fmt_text, data=np.frombuffer(data, dtype=np.uint8))
         self.write_message(topic, msg, stamp_ns)
 
 
@@ -301,8 +298,12 @@ class BagReader:
         """
         if self._reader is None:
             raise RuntimeError("BagReader is not open")
+        if isinstance(topics, str):
+            raise TypeError("topics is a list of topic names, got the string {!r}".format(topics))
         wanted = set(topics)
         conns = [c for c in self._reader.connections if c.topic in wanted]
+        if not conns:
+            return  # rosbags reads an empty connection list as "every topic"
         index: Dict[str, int] = {}
         last: Optional[BagMessage] = None
         it = self._reader.messages(connections=conns)

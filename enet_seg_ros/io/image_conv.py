@@ -90,7 +90,7 @@ def raw_to_array(encoding: str, height: int, width: int, step: int, is_bigendian
 
     Raises:
         ImageFormatError: unknown encoding, zero or absurd size, ``step`` shorter than a row,
-            ``data`` shorter than ``step * height``.
+            ``data`` not ``step * height`` bytes.
     """
     if encoding not in RAW_ENCODINGS:
         raise ImageFormatError("unsupported encoding {!r}; supported: {}".format(
@@ -105,8 +105,12 @@ def raw_to_array(encoding: str, height: int, width: int, step: int, is_bigendian
     if step < row_bytes:
         raise ImageFormatError("step {} is shorter than one row ({} px * {} bytes = {})".format(
             step, width, channels * depth, row_bytes))
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size < step * height:
+    try:
+        buf = np.frombuffer(data, dtype=np.uint8)
+    except TypeError:
+        raise ImageFormatError("data must be bytes, got {}".format(type(data).__name__)) from None
+    if buf.size != step * height:
+        # Longer is as wrong as shorter: the message was built for another size or encoding.
         raise ImageFormatError("data has {} bytes, expected step * height = {} * {} = {}".format(
             buf.size, step, height, step * height))
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
@@ -237,24 +241,46 @@ def array_to_image(pixels: np.ndarray, encoding: str, header=None):
     return msg
 
 
-def array_to_compressed(pixels: np.ndarray, channel_order: str = "rgb", fmt: str = "jpeg",
-                        quality: int = 90, header=None):
-    """Encode ``HxWx3`` uint8 pixels as a ``sensor_msgs/CompressedImage`` (image_transport style)."""
+def encode_compressed(pixels: np.ndarray, channel_order: str = "rgb", fmt: str = "jpeg",
+                      quality: int = 90) -> Tuple[bytes, str]:
+    """``(data, format)`` of a ``CompressedImage`` holding ``HxWx3`` uint8 pixels, image_transport
+    style (the codec gets BGR; the format string names the original order).
+
+    Raises:
+        ImageFormatError: not a non-empty HxWx3 uint8 array, an unknown channel order, format or
+            quality (a float or 16-bit frame would otherwise be encoded black or saturated).
+    """
     import cv2
-    from sensor_msgs.msg import CompressedImage
 
     if fmt not in ("jpeg", "png"):
-        raise ValueError("compressed format must be 'jpeg' or 'png', got {!r}".format(fmt))
+        raise ImageFormatError("compressed format must be 'jpeg' or 'png', got {!r}".format(fmt))
+    if channel_order not in ("rgb", "bgr"):
+        raise ImageFormatError("channel_order must be rgb or bgr, got {!r}".format(channel_order))
+    if not 1 <= int(quality) <= 100:
+        raise ImageFormatError("JPEG quality must be in 1..100, got {}".format(quality))
+    if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3
+            or pixels.size == 0):
+        raise ImageFormatError("a compressed frame takes a non-empty HxWx3 uint8 array, got {}".format(
+            "{} {}".format(pixels.shape, pixels.dtype) if isinstance(pixels, np.ndarray) else type(pixels).__name__))
     bgr = pixels[:, :, ::-1] if channel_order == "rgb" else pixels
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
     ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", np.ascontiguousarray(bgr), params)
     if not ok:
         raise ImageFormatError("OpenCV could not encode a {} image".format(fmt))
+    return encoded.tobytes(), "{}8; {} compressed bgr8".format(channel_order, fmt)
+
+
+def array_to_compressed(pixels: np.ndarray, channel_order: str = "rgb", fmt: str = "jpeg",
+                        quality: int = 90, header=None):
+    """Encode ``HxWx3`` uint8 pixels as a ``sensor_msgs/CompressedImage`` (:func:`encode_compressed`)."""
+    from sensor_msgs.msg import CompressedImage
+
+    data, fmt_text = encode_compressed(pixels, channel_order, fmt, quality)
     msg = CompressedImage()
     if header is not None:
         msg.header = header
-    msg.format = "{}8; {} compressed bgr8".format(channel_order, fmt)
-    msg.data = array.array("B", encoded.tobytes())
+    msg.format = fmt_text
+    msg.data = array.array("B", data)
     return msg
 
 

@@ -114,7 +114,8 @@ class VideoSource(FrameSource):
 
 
 class SyntheticSource(FrameSource):
-    """Generated street frames (:func:`enet_seg_ros.io.scenes.render_scene`)."""
+    """Generated street frames (:func:`enet_seg_ros.io.scenes.render_scene`); each frame is rendered
+    once and handed out read-only (frame ``i`` and ``i + SYNTHETIC_CYCLE`` are the same array)."""
 
     def __init__(self, width: int = 640, height: int = 360, count: int = 100) -> None:
         if width < 32 or height < 32 or count < 1:
@@ -127,7 +128,9 @@ class SyntheticSource(FrameSource):
         for i in range(self.count):
             k = i % SYNTHETIC_CYCLE
             if k == len(self._cache):
-                self._cache.append(render_scene(k, self.width, self.height)[0])
+                frame = render_scene(k, self.width, self.height)[0]
+                frame.setflags(write=False)  # shared by every cycle: read-only, so no caller changes the next
+                self._cache.append(frame)
             yield SourceFrame(index=i, pixels=self._cache[k], name="synthetic_{:04d}".format(i))
 
 

@@ -40,6 +40,9 @@ def build_model(arch: str, num_classes: int, logit_offset: bool = False, **optio
         module_name, fn_name = _BUILDERS[arch]
     except KeyError:
         raise ValueError("unknown arch {!r}; expected one of {}".format(arch, list_archs())) from None
+    if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or num_classes < 1:
+        raise ValueError("num_classes must be a whole number >= 1, got {!r}".format(num_classes))
+    num_classes = int(num_classes)
     builder: Callable[..., nn.Module] = getattr(importlib.import_module("." + module_name, __name__), fn_name)
     model = builder(num_classes, **options)
     if logit_offset:

@@ -43,7 +43,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..engine import parse_size
-from ..engine.preprocess import to_model_input
+from ..engine.preprocess import POLICIES, to_model_input
 from ..engine.registry import backend_choices
 from ..io.camera_info import scale_camera_info
 from ..io.image_conv import (DEFAULT_MAX_PIXELS, ImageFormatError, array_to_compressed, array_to_image,
@@ -55,7 +55,6 @@ from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
 from .runner import run_node
 
 NODE_NAME = "seg_node"
-RESIZE_POLICIES = ("stretch", "letterbox", "center_crop")
 PRECISION_CHOICES = ("", "auto", "fp32", "fp16", "bf16", "int8")
 
 
@@ -97,7 +96,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("input_size", [0, 0], "network input [width, height]; [0, 0]: the model card's size",
               check=_check_input_size, constraints="[0, 0] or [width, height] within the engine's size limits"),
     ParamSpec("resize_policy", "", "camera image -> network input: stretch, letterbox or center_crop; "
-              "empty: the model card's policy", choices=("",) + RESIZE_POLICIES),
+              "empty: the model card's policy", choices=("",) + POLICIES),
     ParamSpec("confidence", True, "compute the per-pixel max softmax probability in the inference graph (for "
               "~/confidence, mask_min_confidence and ~/class_stats mean_confidence; a few % of CPU inference time)"),
     ParamSpec("output_resolution", "camera", "camera: outputs at the camera's size; model: at the network's size "
