@@ -196,3 +196,9 @@ def test_process_exit_codes(tmp_path):
                           text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert "published 5 frames" in done.stderr
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "broken.png").write_bytes(b"not a png")
+    nothing = subprocess.run(base + ["-p", "source:={}".format(unreadable)], capture_output=True, text=True,
+                             timeout=60, env=env)
+    assert nothing.returncode == 1 and "published no frames" in nothing.stderr, nothing.stderr

@@ -165,6 +165,33 @@ def test_failed_configure_keeps_the_node_up_and_unconfigured(weights, tmp_path):
         assert unknown_mask.segmenter is None
 
 
+def test_failed_activate_rolls_back_to_a_clean_inactive_node(weights, monkeypatch):
+    with RosHarness() as ros:
+        node = ros.add(SegNode(node_name="seg_lc_act", context=ros.context, parameter_overrides=[
+            Parameter("autostart", value=False), Parameter("weights", value=str(weights)),
+            Parameter("image_topic", value="/act/image_raw")]))
+        life = Lifecycle(ros, "seg_lc_act")
+        assert life.set(Transition.TRANSITION_CONFIGURE)
+
+        def refused() -> None:
+            raise RuntimeError("subscription refused")
+
+        monkeypatch.setattr(node, "_subscribe", refused)
+        assert not life.set(Transition.TRANSITION_ACTIVATE)
+        # Back to inactive, as a failed activate should be: no workers, no subscription, model kept.
+        assert life.state() == "inactive" and node.segmenter is not None
+        assert node.sub is None and not any(t.is_alive() for t in node._workers)
+        assert "subscription refused" in str(node._activate_error)
+        monkeypatch.undo()
+        assert life.set(Transition.TRANSITION_ACTIVATE) and life.state() == "active"
+        assert ros.probe.count_publishers("/seg_lc_act/labels") == 1
+        labels = ros.collect(Image, "/seg_lc_act/labels")
+        pub = ros.publisher(Image, "/act/image_raw")
+        assert ros.wait_matched(pub)
+        pub.publish(array_to_image(FRAMES[0], "rgb8", Header(frame_id="cam")))
+        assert wait_until(lambda: len(labels) == 1, 20.0)
+
+
 def names_index(node, name: str) -> int:
     return list(node.get_parameter("class_names").value).index(name)
 

@@ -58,6 +58,8 @@ def _run_node(*ros_args: str, timeout: float = 120.0):
     (["-p", "overlay_alpha:=opaque"], "parameter 'overlay_alpha' has the wrong type"),
     (["-p", "input_size:=[100]"], "input_size: must be [width, height]"),
     (["-p", "mask_classes:=[Road, Spaceship]"], "unknown class name(s) ['Spaceship']; valid names: ['Sky', "),
+    (["-p", "image_topic:=/cam/image raw"], "image_topic: not a valid topic name"),
+    (["-p", "image_topic:=''"], "image_topic: must name a topic"),
 ])
 def test_bad_startup_parameters_exit_with_one_clear_error(weights, args, expected):
     if not any(a.startswith("weights:=") for a in args):
@@ -198,7 +200,35 @@ def test_runtime_updates_take_effect_and_invalid_ones_are_rejected(weights):
         # At most 2 per second of the time the frames actually took to send (slower when loaded).
         elapsed = time.monotonic() - started
         assert 1 <= node.stats.processed - before <= 2.0 * elapsed + 1
-        assert node.stats.dropped >= 10
+        assert node.stats.skipped >= 10  # held back as asked (not overload: dropped_frames)
+
+
+def test_lowering_max_rate_releases_the_waiting_frame_and_skips_are_not_drops(weights):
+    with RosHarness() as ros:
+        node = ros.add(SegNode(node_name="seg_rate", context=ros.context, parameter_overrides=[
+            Parameter("weights", value=str(weights)), Parameter("image_topic", value="/rate/image_raw"),
+            Parameter("max_rate_hz", value=0.02)]))
+        labels = ros.collect(Image, "/seg_rate/labels")
+        pub = ros.publisher(Image, "/rate/image_raw")
+        assert ros.wait_matched(pub)
+
+        def send(sec: int) -> None:
+            header = Header(frame_id="cam")
+            header.stamp.sec = sec
+            pub.publish(array_to_image(FRAME, "rgb8", header))
+
+        send(1)  # the first frame is due at once; the next one 50 s later
+        assert wait_until(lambda: len(labels) == 1, 20.0)
+        for sec in range(2, 7):
+            send(sec)
+            time.sleep(0.05)
+        assert wait_until(lambda: node.stats.received == 6, 20.0)
+        time.sleep(0.3)
+        assert len(labels) == 1 and node.stats.skipped >= 1 and node.stats.dropped == 0  # asked for, not overload
+        assert node.set_parameters([Parameter("max_rate_hz", value=0.0)])[0].successful
+        # The waiting (newest) frame goes out now, not when the old 50 s deadline passes.
+        assert wait_until(lambda: len(labels) == 2, 5.0)
+        assert labels[-1].header.stamp.sec == 6
 
 
 def test_extras_are_computed_only_for_subscribers_unless_forced(weights):
@@ -244,6 +274,14 @@ def test_node_stats_rates_percentiles_and_counters():
     assert (snap["dropped_frames"], snap["bad_frames"], snap["frames_received"]) == (1, 1, 6)
     later = stats.snapshot(now=103.0)
     assert later["input_rate_hz"] == 0.0 and later["latency_p50_ms"] == pytest.approx(35.0)
+    # Frames held back by max_rate_hz are counted apart from frames lost to overload.
+    stats.on_skipped(3)
+    assert stats.snapshot(now=103.5)["skipped_frames"] == 3 and stats.dropped == 1
+    # After an idle spell (deactivated), rates count from the restart, not over the idle time.
+    stats.restart_rates(now=200.0)
+    for i in range(10):
+        stats.on_received()
+    assert stats.snapshot(now=201.0)["input_rate_hz"] == pytest.approx(10.0)
     # Timings older than window_s leave the window: percentiles describe the node now.
     stale = stats.snapshot(now=111.0)
     assert stale["latency_p50_ms"] != stale["latency_p50_ms"] and stale["frames_processed"] == 5

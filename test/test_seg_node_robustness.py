@@ -20,6 +20,7 @@ pytest.importorskip("rclpy")
 pytest.importorskip("onnxruntime")
 psutil = pytest.importorskip("psutil")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
@@ -175,5 +176,12 @@ def test_best_effort_camera_with_reliable_subscription_gets_a_clear_hint(weights
         assert node.get_parameter("qos_reliability").value == "reliable"
         ros.publisher(Image, "/qos/image_raw", reliability="best_effort")
         assert wait_until(lambda: "incompatible" in node._last_error, 20.0)
+        # The mismatch lasts, so every diagnostics report says so (not just the first one).
+        diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+        for _ in range(2):
+            node._publish_diagnostics()
+        assert wait_until(lambda: len([a for a in diagnostics if a.status[0].name.startswith("/seg_qos")]) >= 2, 20.0)
+        assert all("incompatible QoS" in a.status[0].message for a in diagnostics
+                   if a.status[0].name.startswith("/seg_qos"))
     logged = capfd.readouterr().err
     assert "offers an incompatible RELIABILITY policy" in logged and "set qos_reliability: best_effort" in logged

@@ -26,6 +26,7 @@ class NodeStats:
         self.received = 0
         self.processed = 0
         self.dropped = 0
+        self.skipped = 0
         self.bad_frames = 0
         self.errors = 0
         self.window_s = window_s
@@ -42,6 +43,16 @@ class NodeStats:
         """Frames were replaced in the one-slot buffer before the worker took them."""
         with self._lock:
             self.dropped += count
+
+    def on_skipped(self, count: int = 1) -> None:
+        """Frames replaced while ``max_rate_hz`` held the worker back (asked for, not overload)."""
+        with self._lock:
+            self.skipped += count
+
+    def restart_rates(self, now: Optional[float] = None) -> None:
+        """Measure the next rates from ``now`` (at activation: not over the time the node was idle)."""
+        with self._lock:
+            self._mark = (time.monotonic() if now is None else now, self.received, self.processed)
 
     def on_bad_frame(self) -> None:
         """A frame could not be decoded (malformed message)."""
@@ -94,6 +105,7 @@ class NodeStats:
                 "frames_received": self.received,
                 "frames_processed": self.processed,
                 "dropped_frames": self.dropped,
+                "skipped_frames": self.skipped,
                 "bad_frames": self.bad_frames,
                 "errors": self.errors,
             }

@@ -51,16 +51,18 @@ from ..io.bags import format_stamp, stamp_to_ns
 from ..io.image_conv import image_to_array
 from ..io.topics import LABELS_TOPIC
 from .diagnostics import Throttle, key_values
-from .params import ParamSpec, declare_all
+from .params import ParamSpec, declare_all, required_topic_problem, topic_name_problem
 from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
 from .runner import run_node
 
 NODE_NAME = "eval_node"
 
 PARAMS: Tuple[ParamSpec, ...] = (
-    ParamSpec("labels_topic", "/seg_node/labels", "predicted labels (mono8 class ids, seg_node's ~/labels)"),
-    ParamSpec("gt_topic", LABELS_TOPIC, "ground truth (mono8 dataset label ids)"),
-    ParamSpec("instances_topic", "", "Cityscapes instance ids (mono16) for iIoU; empty: no iIoU"),
+    ParamSpec("labels_topic", "/seg_node/labels", "predicted labels (mono8 class ids, seg_node's ~/labels)",
+              check=required_topic_problem),
+    ParamSpec("gt_topic", LABELS_TOPIC, "ground truth (mono8 dataset label ids)", check=required_topic_problem),
+    ParamSpec("instances_topic", "", "Cityscapes instance ids (mono16) for iIoU; empty: no iIoU",
+              check=topic_name_problem),
     ParamSpec("weights", "", "weights file whose model card describes the labels; empty: the shipped default model"),
     ParamSpec("dataset", "", "label ids of the ground truth (camvid, cityscapes); empty: the model card's",
               choices=("", "camvid", "cityscapes")),

@@ -16,7 +16,8 @@ Sources (parameter ``source``, opened by :func:`enet_seg_ros.io.sources.open_sou
 
 Files are stamped with the publish time and ``frame_id``; bag messages keep their recorded
 header unless ``restamp`` is set. ``max_frames`` and ``loop`` bound the stream and the node
-exits (code 0) when it is done, unless ``exit_when_done`` is false.
+exits when it is done (code 0; 1 when the source failed or nothing could be published), unless
+``exit_when_done`` is false.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from ..io.image_conv import (BAYER_PATTERNS, array_to_compressed, array_to_image
                              image_to_color, rgb_to_bayer)
 from ..io.sources import DEFAULT_FOLDER_RATE_HZ, SourceFrame, open_source
 from ..io.topics import CAMERA_INFO_TYPE, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE, sibling_topic
-from .params import ParamSpec, declare_all
+from .params import ParamSpec, declare_all, required_topic_problem, topic_name_problem
 from .qos import RELIABILITY_CHOICES, image_qos
 from .runner import run_node
 
@@ -45,7 +46,8 @@ RAW_OUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8") + tuple("bayer_{
 
 PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("source", "", "image folder, video file, ROS 2 bag, or synthetic[:WxH[:N]]"),
-    ParamSpec("topic", IMAGE_TOPIC, "image topic to publish (CompressedImage goes to <topic>/compressed)"),
+    ParamSpec("topic", IMAGE_TOPIC, "image topic to publish (CompressedImage goes to <topic>/compressed)",
+              check=required_topic_problem),
     ParamSpec("frame_id", "", "header.frame_id for file frames (and bag frames when set); empty: 'camera' / recorded"),
     ParamSpec("rate_hz", 0.0, "publish rate; 0 = the source's own timing (bag times, video FPS; 10 Hz for folders)",
               value_range=(0.0, 1000.0)),
@@ -57,7 +59,8 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("jpeg_quality", 90, "JPEG quality for publish_compressed", value_range=(1, 100)),
     ParamSpec("publish_camera_info", True, "publish CameraInfo on the sibling camera_info topic "
               "(the bag's, else a nominal pinhole)"),
-    ParamSpec("bag_topic", "", "image topic to read from a bag (empty: the first image topic)"),
+    ParamSpec("bag_topic", "", "image topic to read from a bag (empty: the first image topic)",
+              check=topic_name_problem),
     ParamSpec("restamp", False, "stamp bag frames with the publish time instead of their recorded header"),
     ParamSpec("qos_reliability", "reliable", "reliability of the publishers (reliable also serves best-effort "
               "subscribers)", choices=RELIABILITY_CHOICES),
@@ -101,6 +104,7 @@ class ImageSource(Node):
         self.published = 0
         self._compressed_size: Optional[Tuple[int, int]] = None
         self.done = threading.Event()
+        self.failed = ""  # why publishing ended early, if it did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="image_source", daemon=True)
         self.get_logger().info("publishing {} on {}{}".format(
@@ -134,7 +138,8 @@ class ImageSource(Node):
             self._publish_all()
         except Exception as exc:  # a source failing mid-way: report it and end cleanly
             if not self._stop.is_set() and self.context.ok():
-                self.get_logger().error("source failed: {}".format(exc))
+                self.failed = "source failed: {}".format(exc)
+                self.get_logger().error(self.failed)
         finally:
             self.done.set()
 
@@ -236,8 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         node.start()
         while not node.done.is_set():
             executor.spin_once(timeout_sec=0.1)
-        node.get_logger().info("published {} frames".format(node.published))
-        return 0 if node.cfg["exit_when_done"] else None
+        if node.published == 0 and not node.failed:  # (a failure mid-way was logged where it happened)
+            node.failed = "published no frames: nothing in the source could be read"
+            node.get_logger().error(node.failed)
+        elif not node.failed:
+            node.get_logger().info("published {} frames".format(node.published))
+        if not node.cfg["exit_when_done"]:
+            return None
+        return 1 if node.failed else 0
 
     return run_node("image_source", ImageSource, spin, argv)
 

@@ -73,6 +73,27 @@ class ParamSpec:
         return desc
 
 
+def topic_name_problem(value: Any) -> Optional[str]:
+    """Why ``value`` is not a valid ROS topic name (absolute, relative or ``~/``), or None; an
+    empty string is fine (the specs where it means "none" or "default" say so). Used as a spec's
+    ``check``, so a bad name is refused where it is given, not by a failing subscription later."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    if value == "":
+        return None
+    try:
+        validate_topic_name(str(value))
+    except InvalidTopicNameException as exc:
+        return "not a valid topic name: {}".format(str(exc).splitlines()[0])
+    return None
+
+
+def required_topic_problem(value: Any) -> Optional[str]:
+    """:func:`topic_name_problem` for a topic that must be given (empty is refused too)."""
+    return "must name a topic, got an empty string" if value == "" else topic_name_problem(value)
+
+
 def spec_table(specs: Sequence[ParamSpec]) -> Dict[str, ParamSpec]:
     """``{name: spec}``, refusing duplicate names."""
     table: Dict[str, ParamSpec] = {}

@@ -50,7 +50,7 @@ from ..io.image_conv import (DEFAULT_MAX_PIXELS, ImageFormatError, array_to_comp
                              compressed_to_color, image_to_color, message_summary)
 from ..io.topics import sibling_topic
 from .diagnostics import NodeStats, Throttle, key_values
-from .params import ParamSpec, declare_all, spec_table, validate_updates
+from .params import ParamSpec, declare_all, required_topic_problem, spec_table, validate_updates
 from .qos import RELIABILITY_CHOICES, diagnostics_qos, image_qos
 from .runner import run_node
 
@@ -103,7 +103,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "(and a scaled CameraInfo on ~/camera_info)", choices=("camera", "model")),
     # Input.
     ParamSpec("image_topic", "/camera/image_raw",
-              "input image topic (CameraInfo is read from its sibling camera_info)"),
+              "input image topic (CameraInfo is read from its sibling camera_info)", check=required_topic_problem),
     ParamSpec("compressed", False, "subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed"),
     ParamSpec("qos_reliability", "reliable", "reliability of the image subscription: reliable (whole frames; "
               "needs a reliable camera publisher) or best_effort (sensor-data profile; also takes best-effort "
@@ -242,6 +242,11 @@ class LatestSlot:
                     self._cond.wait()
             return None
 
+    def wake(self) -> None:
+        """Make a waiting ``take`` look at its due time again (it changed: ``max_rate_hz``)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Wake and release every waiting ``take`` (they return None)."""
         with self._cond:
@@ -282,6 +287,8 @@ class SegNode(LifecycleNode):
         self._throttle = Throttle(5.0)
         self._last_error = ""
         self._configure_error: Optional[BaseException] = None
+        self._activate_error: Optional[BaseException] = None
+        self._qos_problem = ""
         self._autostarting = False
         self._stopping = True
         self._stopped_logged = False
@@ -316,7 +323,7 @@ class SegNode(LifecycleNode):
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise self._configure_error or RuntimeError("configure failed")
             if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                raise RuntimeError("activate failed")
+                raise RuntimeError("activate failed: {}".format(self._activate_error or "see the log"))
         finally:
             self._autostarting = False
 
@@ -340,8 +347,17 @@ class SegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the publishers, start the workers and subscribe."""
         result = super().on_activate(state)  # lifecycle publishers first, then frames may come
-        self._start_workers()
-        self._subscribe()
+        try:
+            self.stats.restart_rates()  # rates count from now, not over the inactive time
+            self._start_workers()
+            self._subscribe()
+        except Exception as exc:  # roll back to a clean inactive node and say why
+            self._deactivate()
+            super().on_deactivate(state)
+            self._activate_error = exc
+            if not self._autostarting:
+                self.get_logger().error("activate failed: {}".format(exc))
+            return TransitionCallbackReturn.FAILURE
         self._timer.reset()
         self.get_logger().info("ready: model {} ({}), backend {} ({}, {}), input {} -> outputs on {}/*".format(
             self.model_name, self.segmenter_input_text(), self.backend_name, self.segmenter.device,
@@ -522,15 +538,21 @@ class SegNode(LifecycleNode):
                 self.cfg[p.name] = list(p.value or []) if p.name == "mask_classes" else p.value
                 if p.name == "mask_classes" and self.segmenter is not None:
                     self._mask_lut = mask_lut(self.cfg["mask_classes"], self.segmenter.class_names)
+                if p.name == "max_rate_hz" and self._frames is not None:
+                    self._frames.wake()  # a waiting frame is due by the new rate, not the old one
                 self.get_logger().info("parameter {} = {}".format(p.name, p.value))
 
     # -- input ------------------------------------------------------------------------
     def _on_image(self, msg) -> None:
         received = time.monotonic()
         self.stats.on_received()
+        self._qos_problem = ""  # images arrive: whatever QoS mismatch there was, this one matches
         frames = self._frames
         if frames is not None and frames.put((msg, received)) is not None:
-            self.stats.on_dropped()
+            if self.cfg["max_rate_hz"] > 0 and received < self._due():
+                self.stats.on_skipped()  # held back by max_rate_hz, as asked
+            else:
+                self.stats.on_dropped()  # the worker was busy: overload
 
     def _on_camera_info(self, msg) -> None:
         self._camera_info = msg
@@ -539,8 +561,9 @@ class SegNode(LifecycleNode):
         policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind)).replace("RMW_QOS_POLICY_", "")
         hint = " (the camera publishes best effort: set qos_reliability: best_effort)" \
             if "RELIABILITY" in policy and self.cfg["qos_reliability"] == "reliable" else ""
-        self._report("incompatible QoS", "a publisher on {} offers an incompatible {} policy, its images are "
-                     "not received{}".format(self._input_topic, policy, hint), warning=True)
+        self._qos_problem = "a publisher on {} offers an incompatible {} policy, its images are not received{}".format(
+            self._input_topic, policy, hint)
+        self._report("incompatible QoS", self._qos_problem, warning=True)
 
     # -- workers --------------------------------------------------------------------
     def _due(self) -> float:
@@ -698,10 +721,13 @@ class SegNode(LifecycleNode):
         else:
             status.level, status.message = DiagnosticStatus.OK, "{:.1f} Hz in, {:.1f} Hz out".format(
                 snap["input_rate_hz"], snap["output_rate_hz"])
-        if self._last_error:
+        if self._qos_problem:  # lasts until images arrive, unlike one-off problems
+            status.level = max(status.level, DiagnosticStatus.WARN)
+            status.message += "; incompatible QoS: " + self._qos_problem
+        if self._last_error and not self._last_error.startswith("incompatible QoS"):
             status.level = max(status.level, DiagnosticStatus.WARN)
             status.message += "; last problem: " + self._last_error
-            self._last_error = ""
+        self._last_error = ""
         values = dict(snap)
         values.update(backend=self.backend_name, precision=self.segmenter.precision,
                       device=self.segmenter.device, selection=self.selection_reason, model=self.model_name,
