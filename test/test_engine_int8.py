@@ -471,6 +471,21 @@ def test_precision_auto_measures_the_validated_candidates_once_and_caches_the_ch
     assert Segmenter(weights, **common).backend.selection["measured"] is None
 
 
+def test_a_measurement_with_a_failed_candidate_is_measured_again(tmp_path):
+    """A stored choice made while a candidate could not be built (e.g. int8 before its graph could be
+    made on this machine) is not reused: it would keep the node off that precision for good."""
+    from enet_seg_ros.engine.autoprobe import cached_choice, probe_fields, store_choice
+    from enet_seg_ros.engine.cache import ArtifactCache
+
+    cache = ArtifactCache(tmp_path, "autoprobe")
+    fields = probe_fields("a" * 64, "openvino", "cpu", (96, 64), {"int8": {"calibration_digest": "d"},
+                                                                  "default": None}, {}, "enet")
+    store_choice(cache, fields, "default", {"fp32": 80.0}, failed=["int8"])
+    assert cached_choice(cache, fields) is None
+    store_choice(cache, fields, "int8", {"int8": 50.0, "fp32": 80.0})
+    assert cached_choice(cache, fields)["choice"] == "int8"
+
+
 def test_bf16_guard_judges_openvino_bf16_or_says_why_not(camvid_root, tmp_path, monkeypatch):
     """``enet-seg quantize --bf16``'s guard: real OpenVINO bf16 against ONNX Runtime fp32 where the CPU
     has bf16 units; elsewhere (an AVX2-only CPU, or the cap imitating one) a clear error, no record."""

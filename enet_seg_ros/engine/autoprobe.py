@@ -83,7 +83,12 @@ def probe_fields(weights_digest: str, backend: str, device: str, input_size: Tup
 
 
 def cached_choice(cache: ArtifactCache, fields: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The stored measurement for ``fields`` (``{"choice", "ms", ...}``), else ``None``."""
+    """The stored measurement for ``fields`` (``{"choice", "ms", ...}``), else ``None``.
+
+    A measurement in which a candidate could not be built is not reused: what failed then may
+    build now (an int8 graph whose calibration images were missing, a runtime installed since),
+    and a stale choice would keep the node off its fastest precision for good.
+    """
     path = cache.find(fields, ".json", "auto precision probe")
     if path is None:
         return None
@@ -91,7 +96,9 @@ def cached_choice(cache: ArtifactCache, fields: Dict[str, Any]) -> Optional[Dict
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("choice") in fields["candidates"] else None
+    if not isinstance(data, dict) or data.get("choice") not in fields["candidates"] or data.get("failed"):
+        return None
+    return data
 
 
 def probe_frame(input_size: Tuple[int, int]) -> np.ndarray:
