@@ -262,12 +262,49 @@ def test_batch_larger_than_dataset(camvid, tmp_path, capsys):
     assert not (out / "last.pt").exists()
 
 
-def test_resume_warns_about_changed_settings(camvid, tmp_path, caplog):
+def test_resume_refuses_settings_it_would_not_apply_and_warns_about_the_others(camvid, tmp_path, caplog, capsys):
     out = tmp_path / "run"
-    assert train(camvid, out, "--stages", "decoder", "--epochs", "2", "--stop-after", "1") == 0
+    assert train(camvid, out, *BOTH, "--stop-after", "2") == 0  # checkpoint: decoder epoch 0
+    config = (out / "config.json").read_text()
+    log_rows = read_log(out)
+    # The restored optimiser keeps its lr and weight decay, the encoder stage is over, the checkpoint
+    # is past a shorter schedule, the network is another: refused, and the run folder left as it was.
+    for extra, why in ((["--lr", "1e-3"], "lr 0.0005 -> 0.001"),
+                       (["--weight-decay", "0.1"], "weight_decay 0.0002 -> 0.1"),
+                       (["--encoder-epochs", "5"], "encoder_epochs 1 -> 5 (the encoder stage is over)"),
+                       (["--epochs", "1"], "decoder epochs 1 end at or before the checkpoint's decoder epoch 0"),
+                       (["--arch", "erfnet"], "arch enet -> erfnet"),
+                       (["--stages", "decoder"], "stages both -> decoder")):
+        argv = [a for a in BOTH if a not in ("--stages", "both")] if extra[0] == "--stages" else list(BOTH)
+        if extra[0] in ("--encoder-epochs", "--epochs"):
+            argv = [a for i, a in enumerate(BOTH) if BOTH[i - 1] != extra[0] and a != extra[0]]
+        code = train(camvid, out, *argv, *extra, "--resume")
+        err = capsys.readouterr().err
+        assert code == 2 and why in err, (extra, err)
+        assert (out / "config.json").read_text() == config and read_log(out) == log_rows
     caplog.clear()
-    assert train(camvid, out, "--stages", "decoder", "--epochs", "2", "--lr", "1e-3", "--resume") == 0
-    assert "changed settings" in caplog.text and "lr 0.0005 -> 0.001" in caplog.text
+    # A setting the run does take (the global batch) is applied with a warning.
+    assert train(camvid, out, *BOTH, "--batch-size", "2", "--resume") == 0
+    assert "changed settings" in caplog.text and "batch_size 4 -> 2" in caplog.text
+
+
+def test_resume_needs_a_readable_checkpoint_and_a_new_run_starts_a_new_log(camvid, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(camvid, out, *BOTH, "--resume") == 2  # nothing to continue: not a silent restart
+    assert "holds no checkpoint" in capsys.readouterr().err and not (out / "log.csv").exists()
+    assert train(camvid, out, *BOTH, "--stop-after", "1") == 0
+    (out / "last.pt").write_bytes(b"")
+    assert train(camvid, out, *BOTH, "--resume") == 2
+    assert "last.pt is unreadable" in capsys.readouterr().err
+    # A crash after an epoch's log row but before any checkpoint: the next run starts its log anew.
+    (out / "last.pt").unlink()
+    assert train(camvid, out, *BOTH, "--stop-after", "1") == 0
+    assert [(r["stage"], r["epoch"]) for r in read_log(out)] == [("encoder", "0")]
+    # A row cut off by a power loss does not stop the resume.
+    with open(out / "log.csv", "a") as f:
+        f.write("decoder")
+    assert train(camvid, out, *BOTH, "--resume") == 0
+    assert [(r["stage"], r["epoch"]) for r in read_log(out)] == [("encoder", "0"), ("decoder", "0"), ("decoder", "1")]
 
 
 # ---------------------------------------------------------------------------------------- dropout

@@ -448,12 +448,22 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
 
-    def _load_checkpoint(self) -> Optional[Dict[str, Any]]:
+    def _load_checkpoint(self) -> Dict[str, Any]:
+        """The run's ``last.pt`` (``--resume``); ValueError naming it when it is missing or unreadable."""
         path = self.out / CHECKPOINT
         if not path.is_file():
-            return None
-        # Our own checkpoint of tensors and plain Python values: weights_only keeps it unpickle-free.
-        return torch.load(path, map_location=self.device, weights_only=True)
+            # A mistyped --out or a forgotten copy must not start a multi-day run over from epoch 0.
+            raise ValueError("--resume: {} holds no checkpoint ({}); drop --resume to start a new run there".format(
+                self.out, CHECKPOINT))
+        try:
+            # Our own checkpoint of tensors and plain Python values: weights_only keeps it unpickle-free.
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # empty, truncated, random bytes: torch raises several kinds
+            raise ValueError("{} is unreadable ({}); restore it from checkpoints/ or start a new run".format(
+                path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+        if not isinstance(state, dict) or not {"model", "stage_index", "epoch"} <= set(state):
+            raise ValueError("{} is not a training checkpoint of enet-seg train".format(path))
+        return state
 
     # ---------------------------------------------------------------------------------- epochs
     def _loss_terms(self, out: torch.Tensor, target: torch.Tensor,
@@ -696,9 +706,13 @@ class Trainer:
         if not self.resume and (self.out / CHECKPOINT).is_file():
             raise ValueError("{} already holds a run ({}): pass --resume to continue it or choose another --out"
                              .format(self.out, CHECKPOINT))
-        if self.resume and self.is_main:
-            _warn_config_changes(self.out / "config.json", cfg)
+        # Everything about the resumed state is checked before anything in the folder changes.
+        ckpt = self._load_checkpoint() if self.resume else None
+        if ckpt is not None and self.is_main:
+            _check_resume(self.out / "config.json", cfg, ckpt, self._stages())
         if self.is_main:
+            if ckpt is None:  # a new run: rows of an attempt that never reached a checkpoint go
+                (self.out / "log.csv").unlink(missing_ok=True)
             _write_atomic(self.out / "config.json", json.dumps(asdict(cfg), indent=2))
         self._prepare_data()
         if cfg.distill:
@@ -707,13 +721,14 @@ class Trainer:
                      self.teacher.card.arch, cfg.distill_weight, cfg.distill_temperature)
         model = self._build_model()
         net = model
-        ckpt = self._load_checkpoint() if self.resume else None
-        if self.resume and ckpt is None and self.is_main:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
         stages = self._stages()
         stage_index, start_epoch, best, train_time = 0, 0, {"miou": -1.0}, 0.0
         if ckpt is not None:
-            net.load_state_dict(ckpt["model"])
+            try:
+                net.load_state_dict(ckpt["model"])
+            except RuntimeError as exc:
+                raise ValueError("{} does not fit this {} network: {}".format(
+                    self.out / CHECKPOINT, cfg.arch, str(exc).splitlines()[0])) from None
             stage_index, start_epoch = ckpt["stage_index"], ckpt["epoch"] + 1
             best, train_time = json.loads(ckpt["best"]), ckpt["train_time"]
             log.info("resuming %s at stage %s epoch %d", self.out, stages[stage_index], start_epoch)
@@ -917,8 +932,8 @@ def _trim_log(path: Path, stages: List[str], stage_index: int, epoch: int) -> No
         return
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keep = [r for r in rows if r.get("stage") in stages
-            and (stages.index(r["stage"]), int(r["epoch"])) <= (stage_index, epoch)]
+    keep = [r for r in rows if r.get("stage") in stages and str(r.get("epoch") or "").isdigit()
+            and (stages.index(r["stage"]), int(r["epoch"])) <= (stage_index, epoch)]  # a cut-off row goes too
     if len(keep) == len(rows) or not rows:
         return
     with open(path, "w", newline="") as f:
@@ -927,16 +942,41 @@ def _trim_log(path: Path, stages: List[str], stage_index: int, epoch: int) -> No
         w.writerows(keep)
 
 
-def _warn_config_changes(path: Path, cfg: TrainConfig) -> None:
-    """On --resume, say which settings differ from the run's saved config.json."""
-    if not path.is_file():
-        return
+# Settings a resumed run cannot take: the network's shape, the stages, and what the restored
+# optimiser, scheduler and random state carry (a new value would be recorded but not used).
+RESUME_FIXED = ("arch", "dataset", "options", "stages", "lr", "weight_decay", "seed", "init")
+
+
+def _check_resume(path: Path, cfg: TrainConfig, ckpt: Dict[str, Any], stages: List[str]) -> None:
+    """On --resume: refuse changes the resumed run would not apply, warn about the others.
+
+    Raises ValueError naming each refused setting (nothing in the run folder has changed yet).
+    """
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
-        return
+        old = {}
     new = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
     changed = sorted(k for k in new if k in old and old[k] != new[k] and k != "stop_after")
+    stage_index, epoch = int(ckpt["stage_index"]), int(ckpt["epoch"])
+    refused = ["{} {} -> {}".format(k, old[k], new[k]) for k in changed if k in RESUME_FIXED]
+    if stage_index >= len(stages):
+        refused.append("the checkpoint is in stage {} of a run with more stages than {}".format(stage_index, stages))
+    else:
+        stage = stages[stage_index]
+        if stage == "decoder" and "encoder_epochs" in changed:
+            refused.append("encoder_epochs {} -> {} (the encoder stage is over)".format(
+                old["encoder_epochs"], new["encoder_epochs"]))
+        key = "encoder_epochs" if stage == "encoder" else "epochs"
+        planned = getattr(cfg, key)
+        # A shorter schedule that ends at or before the checkpoint would train and export nothing.
+        if planned is not None and planned <= epoch + 1 and planned != old.get(key, planned):
+            refused.append("{} epochs {} end at or before the checkpoint's {} epoch {}".format(
+                stage, planned, stage, epoch))
+    if refused:
+        raise ValueError("--resume cannot continue {} with these settings: {}; keep the run's values (config.json) "
+                         "or start a new run".format(path.parent, "; ".join(refused)))
+    changed = [k for k in changed if k not in RESUME_FIXED]
     if changed:
         log.warning("--resume with changed settings (the run continues with the new values): %s",
                     ", ".join("{} {} -> {}".format(k, old[k], new[k]) for k in changed))
