@@ -271,7 +271,6 @@ def test_resume_refuses_settings_it_would_not_apply_and_warns_about_the_others(c
     # is past a shorter schedule, the network is another: refused, and the run folder left as it was.
     for extra, why in ((["--lr", "1e-3"], "lr 0.0005 -> 0.001"),
                        (["--weight-decay", "0.1"], "weight_decay 0.0002 -> 0.1"),
-                       (["--encoder-epochs", "5"], "encoder_epochs 1 -> 5 (the encoder stage is over)"),
                        (["--epochs", "1"], "decoder epochs 1 end at or before the checkpoint's decoder epoch 0"),
                        (["--arch", "erfnet"], "arch enet -> erfnet"),
                        (["--stages", "decoder"], "stages both -> decoder")):
@@ -282,9 +281,15 @@ def test_resume_refuses_settings_it_would_not_apply_and_warns_about_the_others(c
         err = capsys.readouterr().err
         assert code == 2 and why in err, (extra, err)
         assert (out / "config.json").read_text() == config and read_log(out) == log_rows
+    # Once the encoder stage is over its epoch count is history: the run's own is kept, and a longer
+    # full-network schedule is taken (models/README.md's rounds were lengthened this way).
+    assert train(camvid, out, *[a for a in BOTH if a not in ("--encoder-epochs", "1")], "--encoder-epochs", "5",
+                 "--epochs", "3", "--stop-after", "1", "--resume") == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["encoder_epochs"], saved["epochs"]) == (1, 3)
     caplog.clear()
     # A setting the run does take (the global batch) is applied with a warning.
-    assert train(camvid, out, *BOTH, "--batch-size", "2", "--resume") == 0
+    assert train(camvid, out, *BOTH[:-1], "3", "--batch-size", "2", "--resume") == 0
     assert "changed settings" in caplog.text and "batch_size 4 -> 2" in caplog.text
 
 
@@ -300,6 +305,11 @@ def test_resume_needs_a_readable_checkpoint_and_a_new_run_starts_a_new_log(camvi
     (out / "last.pt").unlink()
     assert train(camvid, out, *BOTH, "--stop-after", "1") == 0
     assert [(r["stage"], r["epoch"]) for r in read_log(out)] == [("encoder", "0")]
+    # An earlier stage cut to end at the checkpoint just ends, and the next stage runs.
+    early = tmp_path / "early"
+    assert train(camvid, early, "--stages", "both", "--encoder-epochs", "2", "--epochs", "1", "--stop-after", "1") == 0
+    assert train(camvid, early, "--stages", "both", "--encoder-epochs", "1", "--epochs", "1", "--resume") == 0
+    assert [(r["stage"], r["epoch"]) for r in read_log(early)] == [("encoder", "0"), ("decoder", "0")]
     # A row cut off by a power loss does not stop the resume.
     with open(out / "log.csv", "a") as f:
         f.write("decoder")

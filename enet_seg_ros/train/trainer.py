@@ -708,8 +708,8 @@ class Trainer:
                              .format(self.out, CHECKPOINT))
         # Everything about the resumed state is checked before anything in the folder changes.
         ckpt = self._load_checkpoint() if self.resume else None
-        if ckpt is not None and self.is_main:
-            _check_resume(self.out / "config.json", cfg, ckpt, self._stages())
+        if ckpt is not None:
+            _check_resume(self.out / "config.json", cfg, ckpt, self._stages(), say=self.is_main)
         if self.is_main:
             if ckpt is None:  # a new run: rows of an attempt that never reached a checkpoint go
                 (self.out / "log.csv").unlink(missing_ok=True)
@@ -944,13 +944,16 @@ def _trim_log(path: Path, stages: List[str], stage_index: int, epoch: int) -> No
 
 # Settings a resumed run cannot take: the network's shape, the stages, and what the restored
 # optimiser, scheduler and random state carry (a new value would be recorded but not used).
-RESUME_FIXED = ("arch", "dataset", "options", "stages", "lr", "weight_decay", "seed", "init")
+# (--init is not among them: the checkpoint's weights replace the initial ones anyway.)
+RESUME_FIXED = ("arch", "dataset", "options", "stages", "lr", "weight_decay", "seed")
 
 
-def _check_resume(path: Path, cfg: TrainConfig, ckpt: Dict[str, Any], stages: List[str]) -> None:
-    """On --resume: refuse changes the resumed run would not apply, warn about the others.
+def _check_resume(path: Path, cfg: TrainConfig, ckpt: Dict[str, Any], stages: List[str], say: bool = True) -> None:
+    """On --resume: refuse changes the resumed run would not apply, warn about the others (``say``).
 
-    Raises ValueError naming each refused setting (nothing in the run folder has changed yet).
+    Once the encoder stage is over its epoch count is history: the run's own value is kept in
+    ``cfg`` (``--epochs`` alone also moves a default ``encoder_epochs``). Raises ValueError naming
+    each refused setting (nothing in the run folder has changed yet).
     """
     try:
         old = json.loads(path.read_text()) if path.is_file() else {}
@@ -965,19 +968,21 @@ def _check_resume(path: Path, cfg: TrainConfig, ckpt: Dict[str, Any], stages: Li
     else:
         stage = stages[stage_index]
         if stage == "decoder" and "encoder_epochs" in changed:
-            refused.append("encoder_epochs {} -> {} (the encoder stage is over)".format(
-                old["encoder_epochs"], new["encoder_epochs"]))
+            cfg.encoder_epochs = old["encoder_epochs"]
+            changed.remove("encoder_epochs")
         key = "encoder_epochs" if stage == "encoder" else "epochs"
         planned = getattr(cfg, key)
-        # A shorter schedule that ends at or before the checkpoint would train and export nothing.
-        if planned is not None and planned <= epoch + 1 and planned != old.get(key, planned):
+        # A last stage cut to end at or before the checkpoint would train and export nothing (an
+        # earlier stage cut there just ends, and the next one starts).
+        if (stage_index == len(stages) - 1 and planned is not None and planned <= epoch + 1
+                and planned != old.get(key, planned)):
             refused.append("{} epochs {} end at or before the checkpoint's {} epoch {}".format(
                 stage, planned, stage, epoch))
     if refused:
         raise ValueError("--resume cannot continue {} with these settings: {}; keep the run's values (config.json) "
                          "or start a new run".format(path.parent, "; ".join(refused)))
     changed = [k for k in changed if k not in RESUME_FIXED]
-    if changed:
+    if changed and say:
         log.warning("--resume with changed settings (the run continues with the new values): %s",
                     ", ".join("{} {} -> {}".format(k, old[k], new[k]) for k in changed))
 
