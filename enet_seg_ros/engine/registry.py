@@ -193,10 +193,11 @@ def create_backend(source, input_size, backend: str = "auto", device: Optional[s
     """
     if backend != "auto":
         get_backend(backend)  # unknown name: ValueError naming the choices
-    unknown = sorted(set(options) - backend_option_names())
+    known = backend_option_names()
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError("unknown backend option(s) {}; the backends take {}".format(
-            ", ".join(unknown), ", ".join(sorted(backend_option_names() - set(_CREATE_OPTIONS)))))
+            ", ".join(unknown), ", ".join(sorted(known - set(_CREATE_OPTIONS)))))
     candidates = [(n, d, False) for n, d in chain_for(backend, device)]
     if backend != "auto" and not strict:
         # An explicit choice that fails still leaves the camera running on the next best backend.
