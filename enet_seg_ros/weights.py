@@ -277,17 +277,12 @@ def load_model(path: PathLike, map_location: str = "cpu"):
     """
     from safetensors.torch import load_file
 
-    from .nets import build_model
-
     card = read_card(path)
     try:
         state = load_file(str(path), device=map_location)
     except Exception as exc:
         raise WeightsError("{}: cannot read tensors ({})".format(path, exc)) from None
-    try:
-        model = build_model(card.arch, card.num_classes, **card.options)
-    except (TypeError, ValueError) as exc:
-        raise WeightsError("{}: card arch/options do not build a model: {}".format(path, exc)) from None
+    model = _model_for(card, str(path))
     check_state_dict(model, state, str(path))
     flushed = flush_negligible(state)
     if flushed:
@@ -302,13 +297,17 @@ def check_model_matches_card(model, card: ModelCard, name: str) -> None:
     """Raise :class:`WeightsError` unless ``model`` is the network ``card`` describes (its arch,
     class count and options build a network with the same tensors): what :func:`load_model`
     would find wrong when reading such a file back."""
+    check_state_dict(_model_for(card, name), model.state_dict(), name)
+
+
+def _model_for(card: ModelCard, name: str):
+    """An untrained network as ``card`` describes it; WeightsError naming ``name`` if it builds none."""
     from .nets import build_model
 
     try:
-        expected = build_model(card.arch, card.num_classes, **card.options)
+        return build_model(card.arch, card.num_classes, **card.options)
     except (TypeError, ValueError) as exc:
         raise WeightsError("{}: card arch/options do not build a model: {}".format(name, exc)) from None
-    check_state_dict(expected, model.state_dict(), name)
 
 
 def check_state_dict(model, state: Dict[str, Any], name: str) -> None:
